@@ -1,0 +1,70 @@
+"""Data whose noised marginals are known exactly, so samplers get the exact score.
+
+A Gaussian mixture ``sum_k w_k N(mu_k, s_k^2 I)`` perturbed by ``x_t = alpha x0
++ sigma eps`` is again a mixture, ``sum_k w_k N(alpha mu_k, (alpha^2 s_k^2 +
+sigma^2) I)``, whose score is the responsibility-weighted sum of the component
+scores. A single Gaussian is the one-component case.
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion import schedules
+
+
+@dataclasses.dataclass(frozen=True)
+class Mixture:
+  weights: np.ndarray  # [K]
+  means: np.ndarray  # [K, D]
+  stds: np.ndarray  # [K]
+
+  @property
+  def dim(self):
+    return self.means.shape[1]
+
+  def score(self, x, alpha, sigma):
+    """Exact score of the noised mixture at ``x [B, D]``; ``alpha, sigma [B]``."""
+    a, s2 = alpha[:, None, None], sigma[:, None, None] ** 2
+    var = a**2 * jnp.asarray(self.stds)[None, :, None] ** 2 + s2  # [B, K, 1]
+    diff = x[:, None, :] - a * jnp.asarray(self.means)[None]  # [B, K, D]
+    logp = (jnp.log(jnp.asarray(self.weights))[None, :]
+            - 0.5 * jnp.sum(diff**2 / var, -1) - 0.5 * self.dim * jnp.log(var[..., 0]))
+    resp = jax.nn.softmax(logp, axis=1)[..., None]  # [B, K, 1]
+    return jnp.sum(resp * (-diff / var), axis=1)
+
+  def eps_fn(self, sched: schedules.DiscreteSchedule):
+    def eps_fn(x, t):
+      ab = sched.alpha_bars[t]
+      sigma = jnp.sqrt(1.0 - ab)
+      return -sigma[:, None] * self.score(x, jnp.sqrt(ab), sigma)
+    return eps_fn
+
+  def score_fn(self, sde):
+    def score_fn(x, t):
+      alpha, sigma = sde.marginal_coeffs(t)
+      return self.score(x, alpha, sigma)
+    return score_fn
+
+  def sample(self, rng, n):
+    k_key, x_key = jax.random.split(rng)
+    k = jax.random.choice(k_key, len(self.weights), (n,), p=jnp.asarray(self.weights))
+    noise = jax.random.normal(x_key, (n, self.dim))
+    return jnp.asarray(self.means)[k] + jnp.asarray(self.stds)[k][:, None] * noise
+
+
+def gaussian(mean, std) -> Mixture:
+  mean = np.atleast_1d(np.asarray(mean, np.float64))
+  return Mixture(np.ones(1), mean[None, :], np.asarray([std], np.float64))
+
+
+def gaussian_flow_map(x_from, mean, std, alpha_from, sigma_from, alpha_to, sigma_to):
+  """Exact probability-flow map of Gaussian data between two noise levels.
+
+  Marginals are ``N(alpha mean, alpha^2 std^2 + sigma^2)``; the flow keeps
+  standardized coordinates fixed.
+  """
+  sd_from = np.sqrt(alpha_from**2 * std**2 + sigma_from**2)
+  sd_to = np.sqrt(alpha_to**2 * std**2 + sigma_to**2)
+  return alpha_to * mean + sd_to / sd_from * (x_from - alpha_from * mean)
