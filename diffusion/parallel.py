@@ -1,0 +1,331 @@
+"""Data parallelism: a device mesh, one per-device train step, two compilers.
+
+`make_train_step` builds ONE per-device function ``step_fn(state, batch) ->
+(state, metrics)`` that averages gradients with ``lax.pmean(..., 'data')``.
+`compile_step` compiles it either with ``jax.pmap`` (as score_sde) or with
+``jax.jit(jax.shard_map(...))`` over ``Mesh(devices, ('data',))``; both give
+the same numbers. Host-side layouts (``B`` = global batch, ``n`` = devices,
+``k`` = steps per call):
+
+  mode   state                          batch, k == 1          batch, k > 1
+  pmap   every leaf ``[n, ...]``        ``[n, B/n, ...]``      ``[n, k, B/n, ...]``
+  jit    global arrays, replicated      ``[B, ...]`` sharded   ``[k, B, ...]``
+
+`CompiledStep.replicate`, `.shard_batch` and `.unreplicate` convert to and
+from these layouts; `shard_batch` always takes the global ``[B, ...]`` (or
+``[k, B, ...]``) host batch. Metrics come back without a device axis in both
+modes: scalars ``[]``, or ``[k]`` (one value per step) when ``k > 1``.
+
+Mixed precision: with ``precision="bfloat16"`` the parameters stay float32
+and the activations are bf16 because the caller builds the model with
+``dtype=compute_dtype(config.precision)`` (Flax casts params per op). The
+batch is not cast here; the loss is cast to float32 and the gradients have the
+params' dtype (float32), so the optimizer and the EMA run in float32.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import numpy as np
+import optax
+
+from diffusion import train_state as ts
+
+AXIS = "data"
+MODES = ("pmap", "jit")
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+PyTree = Any
+StepFn = Callable[[ts.TrainState, PyTree], tuple[ts.TrainState, dict]]
+
+
+class NonFiniteError(FloatingPointError):
+  """A train step produced a non-finite loss or gradient norm."""
+
+  def __init__(self, step: int, metric: str, message: str):
+    super().__init__(message)
+    self.step = step
+    self.metric = metric
+
+
+def compute_dtype(name: str):
+  """Maps a precision name ("float32" | "bfloat16") to the activations' dtype."""
+  if name not in DTYPES:
+    raise ValueError(f"precision={name!r} is unknown; valid: {', '.join(DTYPES)}")
+  return DTYPES[name]
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A 1-D mesh over axis 'data' (all devices by default), Auto axis type."""
+  devices = jax.devices() if devices is None else list(devices)
+  return Mesh(np.asarray(devices), (AXIS,))
+
+
+# --------------------------------------------------------------------------
+# The per-device step.
+# --------------------------------------------------------------------------
+
+
+def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation,
+                    config=None, *, ema_decay_fn=None, lr_fn=None) -> StepFn:
+  """Builds the per-device train step; call it only under `compile_step`.
+
+  Args:
+    loss_fn: ``loss_fn(params, batch, rng) -> (loss [], metrics dict of
+      scalars)`` on this device's part of the batch. The loss must be a mean
+      over the examples so that the pmean of per-device losses (and grads) is
+      the global-batch mean. `rng` is ``fold_in(fold_in(state.rng, step),
+      device_index)``: different on every step and every device.
+    tx: the optax transformation (e.g. `train_state.make_optimizer(config)`).
+    config: optional ConfigDict; gives the defaults ``ema_decay_fn =
+      train_state.ema_decay(., config)`` and ``lr_fn = lr_schedule(config)``.
+    ema_decay_fn: ``step -> decay`` or a float; overrides `config`. One of
+      `config` and `ema_decay_fn` is required (ValueError otherwise).
+    lr_fn: ``step -> lr`` for the "lr" metric, evaluated at ``state.step``;
+      optional. (optax counts only applied updates, so after a skipped
+      non-finite step the logged lr runs one step ahead of the one used.)
+
+  Returns:
+    ``step_fn(state, batch) -> (state, metrics)``. `metrics` holds the pmean'd
+    loss, ``grad_norm`` (global norm of the averaged, unclipped grads), ``lr``
+    (if known), ``finite`` (1.0 if loss and grad_norm are finite, else 0.0)
+    and the pmean'd metrics of `loss_fn`. When not finite, params, opt_state
+    and ema_params stay the previous ones; `step` advances in any case.
+  """
+  if ema_decay_fn is None:
+    if config is None:
+      raise ValueError("make_train_step needs `config` (with config.ema) or ema_decay_fn")
+    ema_decay_fn = lambda step: ts.ema_decay(step, config)
+  elif not callable(ema_decay_fn):
+    fixed = float(ema_decay_fn)
+    ema_decay_fn = lambda step: jnp.float32(fixed)
+  if lr_fn is None and config is not None:
+    lr_fn = ts.lr_schedule(config)
+
+  def step_fn(state: ts.TrainState, batch: PyTree):
+    rng = jax.random.fold_in(state.rng, state.step)
+    rng = jax.random.fold_in(rng, lax.axis_index(AXIS))
+
+    def float32_loss(params):
+      loss, aux = loss_fn(params, batch, rng)
+      return loss.astype(jnp.float32), aux
+
+    (loss, aux), grads = jax.value_and_grad(float32_loss, has_aux=True)(state.params)
+    grads, loss, aux = lax.pmean((grads, loss, aux), AXIS)
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = ts.ema_update(state.ema_params, params, ema_decay_fn(state.step))
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep(params, state.params),
+        opt_state=keep(opt_state, state.opt_state),
+        ema_params=keep(ema_params, state.ema_params),
+    )
+    metrics = dict(aux)
+    metrics.update(loss=loss, grad_norm=grad_norm, finite=finite.astype(jnp.float32))
+    if lr_fn is not None:
+      metrics["lr"] = jnp.asarray(lr_fn(state.step), jnp.float32)
+    return new_state, metrics
+
+  return step_fn
+
+
+def check_finite(metrics: Mapping[str, Any], step: int) -> None:
+  """Raises `NonFiniteError` if any step in `metrics` was not finite.
+
+  Args:
+    metrics: the metrics of one compiled call (scalars, or ``[k]`` arrays for
+      ``steps_per_call == k``); fetched to the host here (a sync point).
+    step: the state's step *before* that call, i.e. the number of the first
+      step in `metrics`; step ``i`` of the call is reported as ``step + i``.
+  """
+  finite = np.atleast_1d(np.asarray(jax.device_get(metrics["finite"])))
+  bad = np.flatnonzero(finite == 0)
+  if bad.size == 0:
+    return
+  i = int(bad[0])
+  values = {}
+  for name in ("loss", "grad_norm"):
+    values[name] = float(np.atleast_1d(np.asarray(jax.device_get(metrics[name])))[i])
+  which = [name for name, v in values.items() if not np.isfinite(v)] or ["loss"]
+  at = int(step) + i
+  raise NonFiniteError(
+      at, which[0],
+      f"non-finite {' and '.join(which)} at step {at} "
+      f"(loss={values['loss']}, grad_norm={values['grad_norm']}); "
+      "the update of that step was not applied")
+
+
+# --------------------------------------------------------------------------
+# Placement helpers.
+# --------------------------------------------------------------------------
+
+
+def _num_devices(mesh: Mesh) -> int:
+  return mesh.devices.size
+
+
+def _check_divisible(batch_size: int, n: int) -> None:
+  if batch_size % n:
+    raise ValueError(
+        f"global batch size {batch_size} is not divisible by the number of "
+        f"devices {n}")
+
+
+def replicate(state: PyTree, mesh: Mesh, mode: str) -> PyTree:
+  """Puts `state` on every device of `mesh` in the layout `mode` expects."""
+  _check_mode(mode)
+  if mode == "jit":
+    return jax.device_put(state, NamedSharding(mesh, P()))
+  devices = list(mesh.devices.flat)
+  sharding = NamedSharding(mesh, P(AXIS))
+
+  def one(x):
+    x = jnp.asarray(x)
+    shards = [jax.device_put(x[None], d) for d in devices]
+    return jax.make_array_from_single_device_arrays(
+        (len(devices),) + x.shape, sharding, shards)
+
+  return jax.tree.map(one, state)
+
+
+def unreplicate(state: PyTree, mode: str) -> PyTree:
+  """The inverse of `replicate`: one copy of every leaf."""
+  _check_mode(mode)
+  if mode == "jit":
+    return state
+  return jax.tree.map(lambda x: x[0], state)
+
+
+def shard_batch(batch: PyTree, mesh: Mesh, mode: str, steps_per_call: int = 1) -> PyTree:
+  """Splits a global host batch over the devices of `mesh`.
+
+  Args:
+    batch: leaves ``[B, ...]``, or ``[k, B, ...]`` when ``steps_per_call = k
+      > 1``; numpy or jax arrays.
+    mesh: the 1-D 'data' mesh.
+    mode: "pmap" (result ``[n, B/n, ...]`` / ``[n, k, B/n, ...]``) or "jit"
+      (same shape as `batch`, sharded over 'data' on the ``B`` axis).
+    steps_per_call: k.
+
+  Raises:
+    ValueError: ``B`` is not divisible by the device count (names both).
+  """
+  _check_mode(mode)
+  n = _num_devices(mesh)
+  baxis = 0 if steps_per_call == 1 else 1
+  for x in jax.tree.leaves(batch):
+    _check_divisible(x.shape[baxis], n)
+  if mode == "jit":
+    spec = P(AXIS) if steps_per_call == 1 else P(None, AXIS)
+    return jax.device_put(batch, NamedSharding(mesh, spec))
+
+  def one(x):
+    x = np.asarray(x)
+    b = x.shape[baxis]
+    x = x.reshape(x.shape[:baxis] + (n, b // n) + x.shape[baxis + 1:])
+    x = np.moveaxis(x, baxis, 0)  # [n, (k,) B/n, ...]
+    return jax.device_put(x, NamedSharding(mesh, P(AXIS)))
+
+  return jax.tree.map(one, batch)
+
+
+def _check_mode(mode: str) -> None:
+  if mode not in MODES:
+    raise ValueError(f"mode={mode!r} is unknown; valid: {', '.join(MODES)}")
+
+
+# --------------------------------------------------------------------------
+# Compilation.
+# --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CompiledStep:
+  """A compiled train step plus the placement helpers of its mode.
+
+  Call it as ``state, metrics = compiled(state, batch)`` with `state` from
+  `replicate` and `batch` from `shard_batch`; `state` is donated if
+  ``donate`` was set (do not reuse the passed-in state).
+  """
+
+  fn: Callable
+  mode: str
+  mesh: Mesh
+  steps_per_call: int
+
+  @property
+  def num_devices(self) -> int:
+    return _num_devices(self.mesh)
+
+  def __call__(self, state, batch):
+    n = self.num_devices
+    k = self.steps_per_call
+    for x in jax.tree.leaves(batch):
+      if self.mode == "pmap":
+        if x.shape[0] != n:
+          raise ValueError(
+              f"pmap batch leaf has leading axis {x.shape[0]}, expected the number "
+              f"of devices {n}; use shard_batch to split a global batch")
+      else:
+        _check_divisible(x.shape[0 if k == 1 else 1], n)
+      if k > 1 and x.shape[1 if self.mode == "pmap" else 0] != k:
+        raise ValueError(f"batch leaf {x.shape} lacks the steps_per_call={k} axis")
+    state, metrics = self.fn(state, batch)
+    if self.mode == "pmap":
+      metrics = jax.tree.map(lambda m: m[0], metrics)
+    return state, metrics
+
+  def replicate(self, state):
+    return replicate(state, self.mesh, self.mode)
+
+  def unreplicate(self, state):
+    return unreplicate(state, self.mode)
+
+  def shard_batch(self, batch):
+    return shard_batch(batch, self.mesh, self.mode, self.steps_per_call)
+
+
+def compile_step(step_fn: StepFn, mode: str = "jit", mesh: Mesh | None = None,
+                 steps_per_call: int = 1, donate: bool = True) -> CompiledStep:
+  """Compiles a per-device `step_fn` for data parallelism over `mesh`.
+
+  Args:
+    step_fn: from `make_train_step` (uses ``lax.pmean`` over 'data').
+    mode: "pmap" (``jax.pmap``, axis_name 'data') or "jit"
+      (``jax.jit(jax.shard_map(...))``, state ``P()``, batch ``P('data')``).
+    mesh: the 1-D 'data' mesh; `make_mesh()` (all devices) by default.
+    steps_per_call: k; runs k steps per dispatch with ``lax.scan`` (as
+      score_sde's n_jitted_steps). The batch then has a k axis (see the module
+      docstring) and every metric comes back as ``[k]``, one per step.
+    donate: donate the input state's buffers.
+  """
+  _check_mode(mode)
+  if steps_per_call < 1:
+    raise ValueError(f"steps_per_call={steps_per_call} must be >= 1")
+  mesh = make_mesh() if mesh is None else mesh
+  fn = step_fn
+  if steps_per_call > 1:
+    fn = lambda state, batches: lax.scan(step_fn, state, batches)
+  donate_argnums = (0,) if donate else ()
+  if mode == "pmap":
+    compiled = jax.pmap(fn, axis_name=AXIS, devices=list(mesh.devices.flat),
+                        donate_argnums=donate_argnums)
+  else:
+    batch_spec = P(AXIS) if steps_per_call == 1 else P(None, AXIS)
+    # check_vma=False: the state enters replicated (P()) yet every device must
+    # take its *local* gradient (then pmean'd), exactly as under pmap. With
+    # the check on, autodiff would psum the gradient of the replicated params.
+    sharded = jax.shard_map(fn, mesh=mesh, in_specs=(P(), batch_spec),
+                            out_specs=(P(), P()), check_vma=False)
+    compiled = jax.jit(sharded, donate_argnums=donate_argnums)
+  return CompiledStep(fn=compiled, mode=mode, mesh=mesh, steps_per_call=steps_per_call)
