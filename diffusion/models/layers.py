@@ -1,0 +1,208 @@
+"""UNet building blocks (flax.linen): norms, resampling, residual and attention blocks.
+
+All blocks take and return NHWC feature maps `[B, H, W, C]`, compute in
+`dtype` and keep float32 parameters. Layers that end a residual branch (the
+second conv of a `ResBlock`, the output projection of an `AttentionBlock`) are
+zero-initialised, as in DDPM and ADM, so every block starts as (a projection
+of) its skip path.
+"""
+import math
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Dtype = Any
+
+MAX_GROUPS = 32
+MIN_GROUP_SIZE = 4
+
+
+def default_init(scale: float = 1.0) -> nn.initializers.Initializer:
+  """DDPM's initialiser: variance scaling, fan_avg, uniform (zeros if scale=0)."""
+  if scale == 0.0:
+    return nn.initializers.zeros
+  return nn.initializers.variance_scaling(scale, "fan_avg", "uniform")
+
+
+def norm_groups(channels: int) -> int:
+  """GroupNorm group count: min(32, channels // 4), at least 1.
+
+  `channels` must be divisible by it. From 128 channels up this is the 32
+  groups of DDPM / ADM. Below, groups keep >= 4 channels: a GroupNorm with one
+  channel per group subtracts every per-channel constant, which would erase
+  the additive time / class conditioning of `ResBlock` entirely in small
+  models (with `min(32, channels)` groups a ch<=32 model ignores t).
+  """
+  return max(1, min(MAX_GROUPS, channels // MIN_GROUP_SIZE))
+
+
+def group_norm(channels: int, dtype: Dtype, name: Optional[str] = None) -> nn.GroupNorm:
+  """GroupNorm with `norm_groups(channels)` groups (statistics in float32)."""
+  groups = norm_groups(channels)
+  if channels % groups:
+    raise ValueError(f"GroupNorm needs channels divisible by its min(32, channels // 4)="
+                     f"{groups} groups, got {channels}")
+  return nn.GroupNorm(num_groups=groups, epsilon=1e-6, dtype=dtype,
+                      param_dtype=jnp.float32, name=name)
+
+
+def conv3x3(features: int, dtype: Dtype, *, stride: int = 1, init_scale: float = 1.0,
+            name: Optional[str] = None) -> nn.Conv:
+  """3x3 conv with symmetric padding 1 (so stride 2 maps even H to H / 2)."""
+  return nn.Conv(features, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)),
+                 kernel_init=default_init(init_scale), bias_init=nn.initializers.zeros,
+                 dtype=dtype, param_dtype=jnp.float32, name=name)
+
+
+def dense(features: int, dtype: Dtype, *, init_scale: float = 1.0,
+          name: Optional[str] = None) -> nn.Dense:
+  """Dense on the last axis (= a 1x1 "nin" conv on feature maps)."""
+  return nn.Dense(features, kernel_init=default_init(init_scale),
+                  bias_init=nn.initializers.zeros, dtype=dtype,
+                  param_dtype=jnp.float32, name=name)
+
+
+def downsample_2x(x: Array) -> Array:
+  """2x2 average pooling, `[B, H, W, C] -> [B, H/2, W/2, C]` (H, W even)."""
+  return nn.avg_pool(x, (2, 2), strides=(2, 2))
+
+
+def upsample_2x(x: Array) -> Array:
+  """Nearest-neighbour upsampling, `[B, H, W, C] -> [B, 2H, 2W, C]`."""
+  return jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+
+
+class Downsample(nn.Module):
+  """Halves H and W: strided 3x3 conv if `with_conv`, else 2x2 average pooling.
+
+  `[B, H, W, C] -> [B, H/2, W/2, C]`; H and W must be even.
+  """
+  with_conv: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    if self.with_conv:
+      return conv3x3(x.shape[-1], self.dtype, stride=2, name="conv")(x)
+    return downsample_2x(x)
+
+
+class Upsample(nn.Module):
+  """Doubles H and W: nearest-neighbour, then a 3x3 conv if `with_conv`.
+
+  `[B, H, W, C] -> [B, 2H, 2W, C]`.
+  """
+  with_conv: bool = True
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x = upsample_2x(x)
+    if self.with_conv:
+      x = conv3x3(x.shape[-1], self.dtype, name="conv")(x)
+    return x
+
+
+class ResBlock(nn.Module):
+  """Residual block GN-SiLU-[resample]-conv-(+emb)-GN-SiLU-dropout-conv.
+
+  Conditioning: `emb` `[B, E]` (time embedding, plus class embedding if any)
+  goes through SiLU and a Dense layer, then either is added to the features
+  after the first conv (DDPM) or, with `scale_shift_norm`, modulates the second
+  GroupNorm as `GN(h) * (1 + scale) + shift` (FiLM, as in ADM).
+
+  Resampling inside the block (BigGAN / ADM style, `resample="up"|"down"`)
+  applies nearest-upsampling or 2x2 average pooling to both the branch (after
+  the first GN-SiLU) and the skip path.
+
+  The skip path is the identity, or a Dense ("nin", 1x1 conv) projection when
+  the channel count changes. The output is `skip + h`, divided by sqrt(2) when
+  `skip_rescale`.
+
+  Attributes:
+    out_ch: output channels (None = same as input).
+    dropout: dropout rate before the second conv (active only when train=True,
+      which then needs a 'dropout' rng).
+    scale_shift_norm: FiLM conditioning of the second GroupNorm.
+    skip_rescale: divide the output by sqrt(2).
+    resample: None, "up" or "down".
+    dtype: computation dtype.
+  """
+  out_ch: Optional[int] = None
+  dropout: float = 0.0
+  scale_shift_norm: bool = False
+  skip_rescale: bool = False
+  resample: Optional[str] = None
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, emb: Optional[Array], *, train: bool) -> Array:
+    """`x`: `[B, H, W, C]`, `emb`: `[B, E]` or None -> `[B, H', W', out_ch]`."""
+    if self.resample not in (None, "up", "down"):
+      raise ValueError(f"ResBlock: resample must be None, 'up' or 'down', got {self.resample!r}")
+    in_ch = x.shape[-1]
+    out_ch = self.out_ch or in_ch
+    h = nn.silu(group_norm(in_ch, self.dtype, name="norm1")(x))
+    if self.resample == "up":
+      h, x = upsample_2x(h), upsample_2x(x)
+    elif self.resample == "down":
+      h, x = downsample_2x(h), downsample_2x(x)
+    h = conv3x3(out_ch, self.dtype, name="conv1")(h)
+
+    norm2 = group_norm(out_ch, self.dtype, name="norm2")
+    if emb is None:
+      h = nn.silu(norm2(h))
+    else:
+      width = 2 * out_ch if self.scale_shift_norm else out_ch
+      e = dense(width, self.dtype, name="emb_proj")(nn.silu(emb))[:, None, None, :]
+      if self.scale_shift_norm:
+        scale, shift = jnp.split(e, 2, axis=-1)
+        h = nn.silu(norm2(h) * (1 + scale) + shift)
+      else:
+        h = nn.silu(norm2(h + e))
+    h = nn.Dropout(self.dropout)(h, deterministic=not train)
+    h = conv3x3(out_ch, self.dtype, init_scale=0.0, name="conv2")(h)
+
+    if in_ch != out_ch:
+      x = dense(out_ch, self.dtype, name="skip")(x)
+    out = x + h
+    return out / math.sqrt(2.0) if self.skip_rescale else out
+
+
+class AttentionBlock(nn.Module):
+  """Multi-head self-attention over the H*W positions, with a residual skip.
+
+  GN -> fused q,k,v Dense -> softmax(q k^T / sqrt(C / num_heads)) v (softmax in
+  float32) -> zero-initialised output Dense -> `x + h` (divided by sqrt(2) when
+  `skip_rescale`). With `num_heads=1` this is DDPM's attention block.
+
+  Attributes:
+    num_heads: number of heads; must divide the channel count.
+    skip_rescale: divide the output by sqrt(2).
+    dtype: computation dtype.
+  """
+  num_heads: int = 1
+  skip_rescale: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    """`[B, H, W, C] -> [B, H, W, C]`."""
+    b, hgt, wid, c = x.shape
+    if self.num_heads < 1 or c % self.num_heads:
+      raise ValueError(
+          f"AttentionBlock: num_heads={self.num_heads} must divide channels={c}")
+    head_dim = c // self.num_heads
+    h = group_norm(c, self.dtype, name="norm")(x)
+    qkv = dense(3 * c, self.dtype, name="qkv")(h)
+    qkv = qkv.reshape(b, hgt * wid, 3, self.num_heads, head_dim)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, L, heads, head_dim]
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32)
+    weights = jax.nn.softmax(logits / math.sqrt(head_dim), axis=-1).astype(v.dtype)
+    h = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, hgt, wid, c)
+    h = dense(c, self.dtype, init_scale=0.0, name="proj_out")(h)
+    out = x + h
+    return out / math.sqrt(2.0) if self.skip_rescale else out
