@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion import ode, schedules, sdes
+from diffusion.pc_updates import CORRECTORS, PREDICTORS
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 ScoreFn = sdes.ScoreFn
@@ -220,77 +221,6 @@ def _tweedie_x0(sde, x, t, score):
   return (x + _b(std, x) ** 2 * score) / _b(alpha, x)
 
 
-def _euler_maruyama_predictor(sde, score_fn, x, t, dt, z):
-  score = score_fn(x, t)
-  g = _b(sde.diffusion(t), x)
-  x_mean = x - (sde.drift(x, t) - g**2 * score) * dt
-  return x_mean + g * jnp.sqrt(dt) * z, x_mean, score
-
-
-def _reverse_diffusion_predictor(sde, score_fn, x, t, dt, z):
-  score = score_fn(x, t)
-  f, G = sde.discretize(x, t, dt)
-  G = _b(G, x)
-  x_mean = x - f + G**2 * score
-  return x_mean + G * z, x_mean, score
-
-
-def _ancestral_predictor(sde, score_fn, x, t, dt, z):
-  score = score_fn(x, t)
-  if isinstance(sde, sdes.VESDE):
-    sig, nxt = sde.sigma(t), jnp.where(t - dt > 0, sde.sigma(t - dt), 0.0)
-    var = sig**2 - nxt**2
-    x_mean = x + _b(var, x) * score
-    std = jnp.sqrt(nxt**2 * var / sig**2)
-  else:  # VPSDE (SubVPSDE is rejected up front).
-    beta_i = sde.beta(t) * dt
-    x_mean = (x + _b(beta_i, x) * score) / _b(jnp.sqrt(1.0 - beta_i), x)
-    std = jnp.sqrt(beta_i)
-  return x_mean + _b(std, x) * z, x_mean, score
-
-
-def _no_predictor(sde, score_fn, x, t, dt, z):
-  return x, x, score_fn(x, t)
-
-
-PREDICTORS = {
-    "euler_maruyama": _euler_maruyama_predictor,
-    "reverse_diffusion": _reverse_diffusion_predictor,
-    "ancestral": _ancestral_predictor,
-    "none": _no_predictor,
-}
-
-
-def _mean_norm(v):
-  """Mean over the batch of the per-example L2 norms; a scalar."""
-  return jnp.mean(jnp.sqrt(jnp.sum(v.reshape(v.shape[0], -1) ** 2, axis=-1)))
-
-
-def _langevin_step_size(sde, x, t, dt, grad, z, snr):
-  """Langevin step from the target signal-to-noise ratio ``snr = ||z|| / ||grad|| sqrt(step/2)``.
-
-  As in Song et al. (2021, Alg. 4) and score_sde, the norms are averaged over
-  the batch, so all samples of a batch share one step size (per-example norms
-  are unstable in low dimension, where ``||grad||`` can be ~0); scaled by
-  ``alpha_i = 1 - beta(t) dt`` for VP-type SDEs. Returns ``[B]``.
-  """
-  ratio = snr * _mean_norm(z) / _mean_norm(grad)
-  return 2.0 * _langevin_alpha(sde, t, dt) * ratio**2
-
-
-def _ald_step_size(sde, x, t, dt, grad, z, snr):
-  """Annealed Langevin dynamics (Song & Ermon 2019): step ~ (snr * std(t))^2."""
-  _, std = sde.marginal_coeffs(t)
-  return 2.0 * _langevin_alpha(sde, t, dt) * (snr * std) ** 2
-
-
-def _langevin_alpha(sde, t, dt):
-  return 1.0 - sde.beta(t) * dt if isinstance(sde, sdes.VPSDE) else jnp.ones_like(t)
-
-
-CORRECTORS = {"none": None, "langevin": _langevin_step_size, "ald": _ald_step_size}
-
-
 def _pc_loop(predictor, corrector, score_fn, sde, rng, shape, num_steps, eps, snr,
              corrector_steps, x_init, return_trajectory):
   ts = _time_grid(num_steps, eps)
@@ -333,7 +263,7 @@ def euler_maruyama(
   final step returns its mean.
   """
   _check_steps(num_steps)
-  return _pc_loop(_euler_maruyama_predictor, "none", score_fn, sde, rng, shape, num_steps, eps,
+  return _pc_loop(PREDICTORS["euler_maruyama"], "none", score_fn, sde, rng, shape, num_steps, eps,
                   0.0, 0, x_init, return_trajectory)
 
 
@@ -420,16 +350,3 @@ def get(name: str) -> Callable:
   """Sampler by name (`SAMPLERS`); the error lists the valid names."""
   _check_choice(name, SAMPLERS, "sampler")
   return SAMPLERS[name]
-
-
-def num_model_evals(name: str, num_steps: int, method: str = "heun", corrector: str = "none",
-                    corrector_steps: int = 1, T: int = 1000) -> int:
-  """Network evaluations a fixed-step sampler makes (for wall-time / NFE tables)."""
-  if name == "ddpm":
-    return T
-  if name == "probability_flow":
-    return num_steps * ode.FIXED_STEP.get(method, (None, 0))[1]
-  if name == "predictor_corrector" and corrector != "none":
-    return num_steps * (1 + corrector_steps)
-  return num_steps
-
