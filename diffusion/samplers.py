@@ -153,6 +153,7 @@ def ddim(
   taus = ddim_timesteps(sched.num_steps, num_steps)
   if isinstance(eta, (int, float, np.number)) and not 0.0 <= float(eta) <= 1.0:
     raise ValueError(f"eta must lie in [0, 1], got {eta}")
+  deterministic = isinstance(eta, (int, float)) and eta == 0
   x, loop_key = _start(rng, shape, x_init, _std_normal)
   B = x.shape[0]
   pairs = jnp.asarray(np.stack([taus, np.concatenate([[-1], taus[:-1]])], axis=1)[::-1])
@@ -166,7 +167,8 @@ def ddim(
       eps = (x - jnp.sqrt(a) * x0) / jnp.sqrt(1.0 - a)
     s = eta * jnp.sqrt((1.0 - a_prev) / (1.0 - a) * (1.0 - a / a_prev))
     x = jnp.sqrt(a_prev) * x0 + jnp.sqrt(jnp.maximum(1.0 - a_prev - s**2, 0.0)) * eps
-    x = x + s * _normal(loop_key, t, x)
+    if not deterministic:  # a fixed eta = 0 draws no noise at all
+      x = x + s * _normal(loop_key, t, x)
     return x, ({"t": t, "x": x, "x0": x0} if return_trajectory else None)
 
   x, traj = jax.lax.scan(step, x, pairs)
