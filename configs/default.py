@@ -1,0 +1,151 @@
+"""Every configuration key, with its default and meaning.
+
+Experiment files (`configs/digits_ddpm.py`, `configs/smoke.py`, ...) start from
+`get_config()`, change what they need and return the config. It comes back
+locked (and `diffusion.main` locks again), so a typo'd key in an experiment
+file or in a `--config.a.b=value` override fails instead of being ignored;
+values can still be changed. `diffusion.train.validate_config` checks them.
+
+Keys whose default is "unset" are `config_dict.placeholder(type)`: None until
+given, typed so that command-line overrides still parse.
+"""
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config(arg=None):
+  """The defaults: a DDPM on CIFAR-10-sized images (overridden per experiment).
+
+  Args:
+    arg: unused; experiment files take a variant string (`file.py:variant`).
+  """
+  del arg
+  config = ml_collections.ConfigDict()
+
+  config.seed = 0  # Seeds params init, per-step rngs, data order and samples.
+  # Resume in a workdir whose config.json differs in keys other than those in
+  # train.RESUMABLE_KEYS (train length, logging cadence, sampling, wandb).
+  config.allow_config_change = False
+
+  # ------------------------------------------------------------------ data
+  config.data = data = ml_collections.ConfigDict()
+  data.source = "digits"  # "digits" (sklearn, offline) | "files" | "tfds" (not yet).
+  data.name = "digits"  # Dataset name: a label for "digits"/"files", the TFDS name for "tfds".
+  # source="files": a directory of MNIST idx files (train-images-idx3-ubyte[.gz],
+  # ...-labels-idx1-ubyte[.gz]) or an .npz file with key "image" (or "x") and
+  # optionally "label" (or "y"). Unused for "digits".
+  data.data_dir = ""
+  data.split = "train"  # "train" | "test" (MNIST idx: t10k-*); digits/npz have one split.
+  data.image_size = 32  # H = W of the images; must match the dataset (no resizing yet).
+  data.channels = 3  # C of the images; must match the dataset.
+  data.random_flip = False  # Random horizontal flips (off for digits: they are not symmetric).
+  # Uniform dequantisation: x = (k + u) / levels, u ~ U[0, 1), for the integer
+  # pixel value k out of `levels` (17 for digits, 256 for uint8); otherwise
+  # x = k / (levels - 1). Either way mapped to [-1, 1].
+  data.dequantize = False
+  data.batch_size = 128  # Global batch size (all devices and hosts together).
+
+  # ----------------------------------------------------------------- model
+  config.model = model = ml_collections.ConfigDict()
+  model.name = "unet"  # A key of diffusion.models.MODELS.
+  model.ch = 128  # Base channels; level i has ch * channel_mult[i].
+  model.channel_mult = (1, 2, 2, 2)  # Per-level multipliers; len = number of levels.
+  model.num_res_blocks = 2  # ResBlocks per level on the way down (+1 up).
+  model.attention_resolutions = (16,)  # Feature-map heights with self-attention.
+  model.num_heads = 1  # Attention heads (must divide the channels there).
+  model.dropout = 0.1  # Dropout in ResBlocks during training.
+  model.resblock_updown = False  # Resample inside ResBlocks (BigGAN/ADM style).
+  model.resamp_with_conv = True  # Conv resampling (else avg-pool / nearest).
+  model.scale_shift_norm = False  # FiLM conditioning (ADM) instead of additive.
+  model.skip_rescale = False  # Residual sums / sqrt(2) (DDPM++).
+  # "sinusoidal" (of time_scale * t) | "fourier" (of log sigma(t); for VE SDEs:
+  # the network is then given the noise level, not the time).
+  model.embedding = "sinusoidal"
+  # Multiplier on t before the sinusoidal embedding: 1 for discrete steps
+  # 0..T-1, ~1000 for continuous t in [0, 1].
+  model.time_scale = 1.0
+  model.fourier_scale = 16.0  # Std of the fixed Fourier frequencies ("fourier" only).
+  model.num_classes = config_dict.placeholder(int)  # None: unconditional; else labels 0..n-1.
+
+  # ------------------------------------------------------------- diffusion
+  config.diffusion = diff = ml_collections.ConfigDict()
+  diff.type = "discrete"  # "discrete" (DDPM, integer t) | "continuous" (score SDE, t in [0, 1]).
+  diff.schedule = "linear"  # Discrete betas: a key of schedules.SCHEDULES (linear, cosine, ...).
+  diff.num_steps = 1000  # T, discrete only.
+  diff.prediction = "eps"  # Network output: "eps" | "x0" | "v" (+ "score" if continuous).
+  # Discrete: "none" | "min_snr"; continuous: "sigma2" | "likelihood".
+  diff.weighting = "none"
+  diff.min_snr_gamma = 5.0  # gamma of the min-SNR weighting.
+  diff.sde = "vp"  # Continuous only: "vp" | "subvp" | "ve".
+  diff.beta_min = 0.1  # VP / sub-VP beta(0).
+  diff.beta_max = 20.0  # VP / sub-VP beta(1).
+  diff.sigma_min = 0.01  # VE sigma(0).
+  diff.sigma_max = 50.0  # VE sigma(1).
+  diff.eps = 1e-5  # Continuous: smallest training time t (t ~ U[eps, 1]).
+  diff.antithetic = False  # Continuous: low-discrepancy times over the batch.
+
+  # ----------------------------------------------------------------- optim
+  # Read by diffusion.train_state.make_optimizer / lr_schedule.
+  config.optim = optim = ml_collections.ConfigDict()
+  optim.optimizer = "adam"  # "adam" | "adamw".
+  optim.lr = 2e-4  # Peak learning rate.
+  optim.beta1 = 0.9
+  optim.beta2 = 0.999
+  optim.eps = 1e-8
+  optim.weight_decay = 0.0  # adamw: decoupled; adam: coupled L2; 0 = off.
+  optim.warmup_steps = 5000  # Linear warmup from 0 to lr.
+  optim.schedule = "constant"  # "constant" | "cosine" (after warmup).
+  optim.decay_steps = 0  # Cosine: step at which lr reaches end_lr (warmup included).
+  optim.end_lr = 0.0  # Cosine: final learning rate.
+  optim.grad_clip = 1.0  # Global-norm clipping threshold; 0 = off.
+
+  # ------------------------------------------------------------------- ema
+  # Read by diffusion.train_state.ema_decay.
+  config.ema = ema = ml_collections.ConfigDict()
+  ema.decay = 0.9999  # EMA rate (the cap of the warmed-up rate if warmup).
+  ema.warmup = False  # k-diffusion warmup: rate = 1 - (1 + s / inv_gamma) ** -power.
+  ema.inv_gamma = 1.0  # Warmup step scale.
+  ema.power = 0.75  # Warmup growth (2/3 long runs, 3/4 short ones).
+  ema.start_step = 0  # Before this step the EMA copies the params.
+
+  # ----------------------------------------------------------------- train
+  config.train = train = ml_collections.ConfigDict()
+  train.num_steps = 800_000  # Total optimizer steps (resuming continues up to it).
+  train.log_every = 100  # Steps between rows of metrics.jsonl (mean over the steps).
+  train.ckpt_every = 10_000  # Steps between checkpoints (one is also saved at the end).
+  train.sample_every = 50_000  # Steps between sample grids (also at the end); 0 = never.
+  train.keep_checkpoints = 3  # Orbax max_to_keep.
+  train.parallel = "jit"  # "jit" (jit + shard_map) | "pmap": both data parallel.
+  # Steps per compiled call (lax.scan); every *_every and num_steps must be
+  # multiples of it.
+  train.steps_per_call = 1
+  train.precision = "float32"  # Activations: "float32" | "bfloat16" (params stay float32).
+
+  # ---------------------------------------------------------------- sample
+  config.sample = sample = ml_collections.ConfigDict()
+  # "ddpm" | "ddim" (discrete) | "euler_maruyama" | "predictor_corrector" |
+  # "probability_flow" (continuous).
+  sample.method = "ddpm"
+  sample.num_steps = 1000  # Sampler steps (ddpm always takes all T).
+  sample.eta = 0.0  # DDIM noise (0 = deterministic, 1 = DDPM-like).
+  sample.variance = "beta"  # DDPM: "beta" | "beta_tilde".
+  sample.predictor = "reverse_diffusion"  # PC: "euler_maruyama" | "reverse_diffusion" | "ancestral" | "none".
+  sample.corrector = "langevin"  # PC: "langevin" | "ald" | "none".
+  sample.snr = 0.16  # PC corrector signal-to-noise ratio.
+  sample.corrector_steps = 1  # PC corrector updates per step.
+  sample.ode_method = "heun"  # probability_flow: "euler" | "heun" | "rk45".
+  sample.eps = 1e-3  # Continuous samplers: final time.
+  sample.num_samples = 64  # Images per grid (a square number makes a square grid).
+  sample.clip_denoised = True  # Discrete: clip the x0 estimate to [-1, 1] each step.
+  sample.checkpoint_step = config_dict.placeholder(int)  # --mode sample: None = latest.
+
+  # ----------------------------------------------------------------- wandb
+  config.wandb = wb = ml_collections.ConfigDict()
+  wb.mode = "disabled"  # "disabled" | "offline" | "online" (only "disabled" so far).
+  wb.project = "diffusion"
+  wb.group = ""  # Groups the runs of one ablation.
+  wb.tags = ()  # Run tags.
+  wb.name = ""  # Run name ("" = wandb's default).
+
+  config.lock()
+  return config

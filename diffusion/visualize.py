@@ -1,0 +1,70 @@
+"""Image grids as PNG files.
+
+    grid = image_grid(samples, nrow=8)     # uint8 [H', W', C]
+    save_png("workdir/samples/step_001000.png", grid)
+
+Tiny images (8x8 digits) are upscaled with nearest-neighbour so every tile is
+at least `min_tile` pixels wide.
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+  """``[-1, 1]`` floats -> uint8 ``0..255`` (values outside are clipped)."""
+  images = np.asarray(images, np.float32)
+  return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def tile_scale(size: int, min_tile: int = 32) -> int:
+  """The integer nearest-neighbour upscale making a `size`-pixel tile >= `min_tile`."""
+  return max(1, math.ceil(min_tile / size))
+
+
+def image_grid(images: np.ndarray, nrow: int | None = None, *, padding: int = 2,
+               min_tile: int = 32, pad_value: int = 255) -> np.ndarray:
+  """Tiles images into one picture.
+
+  Args:
+    images: ``[N, H, W, C]`` floats in ``[-1, 1]``.
+    nrow: tiles per row; default ``ceil(sqrt(N))`` (a square grid).
+    padding: pixels between tiles (and around the grid).
+    min_tile: tiles are upscaled by an integer factor to at least this size.
+    pad_value: the uint8 value of the padding.
+
+  Returns:
+    uint8 ``[rows * (h + padding) + padding, nrow * (w + padding) + padding, C]``
+    where ``h = H * tile_scale(H)`` (likewise w).
+  """
+  images = np.asarray(images)
+  if images.ndim != 4:
+    raise ValueError(f"images must be [N, H, W, C], got shape {images.shape}")
+  n, h, w, c = images.shape
+  nrow = nrow or math.ceil(math.sqrt(n))
+  rows = math.ceil(n / nrow)
+  s = tile_scale(max(h, w), min_tile)
+  tiles = to_uint8(images).repeat(s, axis=1).repeat(s, axis=2)
+  h, w = h * s, w * s
+  grid = np.full((rows * (h + padding) + padding, nrow * (w + padding) + padding, c),
+                 pad_value, np.uint8)
+  for i in range(n):
+    r, col = divmod(i, nrow)
+    y, x = padding + r * (h + padding), padding + col * (w + padding)
+    grid[y:y + h, x:x + w] = tiles[i]
+  return grid
+
+
+def save_png(path: str, grid: np.ndarray) -> None:
+  """Writes a uint8 ``[H, W]``, ``[H, W, 1]`` or ``[H, W, 3]`` image as PNG."""
+  grid = np.asarray(grid)
+  if grid.dtype != np.uint8:
+    raise ValueError(f"grid must be uint8 (see image_grid), got {grid.dtype}")
+  if grid.ndim == 3 and grid.shape[-1] == 1:
+    grid = grid[..., 0]
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  Image.fromarray(grid).save(path)
