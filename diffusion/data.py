@@ -5,27 +5,39 @@
     state = it.get_state()   # {"epoch": int, "position": int}, JSON-serialisable
     it.set_state(state)      # the next batch is the one that followed `state`
 
-Sources (`config.data.source`): "digits" (scikit-learn's bundled 8x8 digits,
-1,797 images, offline) and "files" (MNIST idx files in a directory, or an
-.npz). "tfds" is not implemented yet.
+Sources (`config.data.source`): "digits" (scikit-learn's 8x8 digits, offline);
+"files" (`data_dir` = MNIST idx files, an .npz with "image"/"x" [+ "label"/"y"],
+or an image folder, one subfolder per class giving labels in sorted order, and
+`<data_dir>/<split>/` used when present); "tfds" (a prepared TFDS dataset
+`config.data.name`, read by `tfds.data_source`: array_record, no TensorFlow).
+
+Preprocessing: channels converted to `config.channels` (gray -> RGB repeats,
+RGB -> gray by Pillow's ITU-R 601 luma, alpha dropped); other sizes are
+area-downscaled (Pillow BOX, rounded) to `config.image_size`, after a crop to
+the largest central square if `config.crop == "center"`; never upscaled. Image folders and TFDS decode lazily per
+batch (threads); the other sources are preprocessed once, in memory.
 
 Order: epoch ``e`` visits the examples in the permutation drawn from
 ``(seed, e)``, in ``N // B`` full global batches (the remainder is dropped).
-Flips and dequantisation noise are drawn from ``(seed, epoch, position)``, so a
-restored iterator yields bit-identical batches. With several processes every
-process yields its own contiguous ``B / process_count`` slice of each global
-batch.
+Flips and dequantisation noise are drawn from ``(seed, epoch, position)`` and
+the example's place in the global batch, so a restored iterator yields
+bit-identical batches, and with several processes, each yielding (and decoding)
+only its own contiguous ``B / process_count`` slice of every global batch, the
+slices put together are the single-process batch.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import gzip
+import io
 import os
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
 SOURCES = ("digits", "files", "tfds")
 SPLITS = ("train", "test")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 _MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -34,8 +46,116 @@ _MNIST_FILES = {
 
 
 # --------------------------------------------------------------------------
-# Loading: every source gives integer pixels [N, H, W, C], labels [N], levels.
+# Preprocessing: integer pixels HWC -> config.channels, image_size x image_size.
 # --------------------------------------------------------------------------
+
+
+def _convert_channels(images: np.ndarray, channels: int, what: str) -> np.ndarray:
+  """[..., C] integer pixels -> [..., channels]; raises if impossible."""
+  c = images.shape[-1]
+  if c == channels:
+    return images
+  if c == 4:  # RGBA: drop alpha.
+    images, c = images[..., :3], 3
+  if c == channels:
+    return images
+  if c == 1 and channels == 3:
+    return np.repeat(images, 3, axis=-1)
+  if c == 3 and channels == 1:  # Pillow's convert("L"): ITU-R 601-2 luma, rounded.
+    x = images.astype(np.int64)
+    luma = (x[..., 0] * 19595 + x[..., 1] * 38470 + x[..., 2] * 7471 + 0x8000) >> 16
+    return luma.astype(images.dtype)[..., None]
+  raise ValueError(f"config.data.channels={channels} but the {what} images have "
+                   f"{images.shape[-1]} channels; only 1 (gray), 3 (RGB) and 4 (RGBA) "
+                   "channels convert, to 1 or 3")
+
+
+CROPS = ("none", "center")
+
+
+def _resize(image: np.ndarray, size: int) -> np.ndarray:
+  """Area-averaging resize of an [H, W, C] integer image to size x size, rounded."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  out = [np.asarray(Image.fromarray(image[..., k].astype(np.float32))
+                    .resize((size, size), Image.Resampling.BOX))
+         for k in range(image.shape[-1])]
+  return np.rint(np.stack(out, axis=-1)).astype(image.dtype)
+
+
+def _fit(images: np.ndarray, size: int, channels: int, what: str,
+         crop: str = "center") -> np.ndarray:
+  """[N, H, W, C] (or one [H, W, C]) -> channels converted, cropped, downscaled."""
+  if crop not in CROPS:
+    raise ValueError(f"config.data.crop={crop!r} is unknown; valid: {', '.join(CROPS)}")
+  single = images.ndim == 3
+  if single:
+    images = images[None]
+  images = _convert_channels(images, channels, what)
+  _, h, w, _ = images.shape
+  if (h, w) != (size, size):
+    if min(h, w) < size:
+      raise ValueError(f"config.data.image_size={size} but the {what} images are {h}x{w}; "
+                       "images are only cropped and downscaled, never upscaled: use "
+                       f"image_size <= {min(h, w)}")
+    if crop == "center":  # The largest central square.
+      side = min(h, w)
+      top, left = (h - side) // 2, (w - side) // 2
+      images, h, w = images[:, top:top + side, left:left + side], side, side
+    if (h, w) != (size, size):
+      images = np.stack([_resize(im, size) for im in images])
+  return images[0] if single else images
+
+
+def _decode(value: Any, size: int, channels: int, what: str,
+            crop: str = "center") -> np.ndarray:
+  """An image as an array [H, W(, C)], encoded bytes, or a path -> fitted uint8."""
+  if isinstance(value, (bytes, str, os.PathLike)):
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    src = io.BytesIO(value) if isinstance(value, bytes) else value
+    with Image.open(src) as im:
+      value = np.asarray(im.convert("L" if channels == 1 else "RGB"))
+  value = np.asarray(value)
+  if value.ndim == 2:
+    value = value[..., None]
+  if value.ndim != 3 or not np.issubdtype(value.dtype, np.integer):
+    raise ValueError(f"{what}: expected an integer image [H, W, C], got {value.dtype} "
+                     f"{value.shape}")
+  return _fit(value, size, channels, what, crop)
+
+
+class LazyExamples:
+  """Random-access examples; `get(i)` decodes and fits example i: (image, label)."""
+
+  def __init__(self, n: int, get: Callable[[int], tuple[np.ndarray, int]], *,
+               threads: int = 8):
+    self.n = n
+    self.get = get
+    self.threads = threads
+    self._pool = None
+
+  def __len__(self) -> int:
+    return self.n
+
+  def take(self, idx: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    idx = [int(i) for i in idx]
+    if self.threads > 1 and len(idx) > 1:
+      if self._pool is None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.threads)
+      pairs = list(self._pool.map(self.get, idx))
+    else:
+      pairs = [self.get(i) for i in idx]
+    return (np.stack([p[0] for p in pairs]),
+            np.asarray([p[1] for p in pairs], np.int32))
+
+
+# --------------------------------------------------------------------------
+# Loading: every source gives (images, labels, levels): images an integer array
+# [N, H, W, C] (labels int32 [N]) or a LazyExamples (labels None).
+# --------------------------------------------------------------------------
+
+
+def _crop(config) -> str:
+  return config.get("crop", "none")
 
 
 def _load_digits():
@@ -70,13 +190,7 @@ def _find(directory: str, name: str) -> str | None:
 
 def _load_mnist_dir(directory: str, split: str):
   images_name, labels_name = _MNIST_FILES[split]
-  images_path = _find(directory, images_name)
-  if images_path is None:
-    raise FileNotFoundError(
-        f"config.data.data_dir={directory!r} has no {images_name}[.gz]; expected a "
-        f"directory of MNIST idx files ({', '.join(sum(_MNIST_FILES.values(), ()))}, "
-        "optionally gzipped) or an .npz file")
-  images = _read_idx(images_path)
+  images = _read_idx(_find(directory, images_name))
   if images.ndim == 3:
     images = images[..., None]
   labels_path = _find(directory, labels_name)
@@ -104,26 +218,120 @@ def _load_npz(path: str):
   return images, labels, 256
 
 
+def _image_files(directory: str) -> list[str]:
+  return sorted(os.path.join(root, name)
+                for root, _, names in os.walk(directory, followlinks=True)
+                for name in names if name.lower().endswith(IMAGE_EXTENSIONS))
+
+
+def _load_image_folder(directory: str, config):
+  """Image files under `directory`; one subfolder per class gives the labels."""
+  if os.path.isdir(os.path.join(directory, config.split)):
+    directory = os.path.join(directory, config.split)
+  subdirs = sorted(d for d in os.listdir(directory)
+                   if os.path.isdir(os.path.join(directory, d)))
+  classes = [d for d in subdirs if _image_files(os.path.join(directory, d))]
+  if classes:
+    loose = [f for f in os.listdir(directory) if f.lower().endswith(IMAGE_EXTENSIONS)]
+    if loose:
+      raise ValueError(f"image folder {directory!r} has class subfolders {classes} and also "
+                       f"images at its top level ({loose[0]}, ...); put every image in a "
+                       "class subfolder, or none")
+    files, labels = [], []
+    for label, name in enumerate(classes):
+      found = _image_files(os.path.join(directory, name))
+      files += found
+      labels += [label] * len(found)
+  else:
+    files = _image_files(directory)
+    labels = [0] * len(files)
+  size, channels, crop = config.image_size, config.channels, _crop(config)
+
+  def get(i):
+    return _decode(files[i], size, channels, repr(files[i]), crop), labels[i]
+
+  get(0)  # Fail now, not mid-training, if the images cannot be fitted.
+  return LazyExamples(len(files), get), None, 256
+
+
+def _load_files(config):
+  path = config.data_dir
+  if not path:
+    raise ValueError("config.data.source='files' needs config.data.data_dir: a directory "
+                     "of MNIST idx files or of images, or an .npz file")
+  if os.path.isdir(path):
+    if _find(path, _MNIST_FILES[config.split][0]):
+      return _load_mnist_dir(path, config.split)
+    if _image_files(path):
+      return _load_image_folder(path, config)
+    raise FileNotFoundError(
+        f"config.data.data_dir={path!r} has neither {_MNIST_FILES[config.split][0]}[.gz] "
+        f"nor image files; expected a directory of MNIST idx files "
+        f"({', '.join(sum(_MNIST_FILES.values(), ()))}, optionally gzipped), a directory "
+        f"of images ({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)}; optionally one "
+        "subfolder per class), or an .npz file")
+  if path.endswith(".npz") and os.path.isfile(path):
+    return _load_npz(path)
+  raise FileNotFoundError(
+      f"config.data.data_dir={path!r} does not exist or is neither a directory (of MNIST "
+      "idx files or of images) nor an .npz file")
+
+
+def _tfds_not_available(name: str, data_dir: str, why: str) -> ValueError:
+  where = data_dir or "the default TFDS data_dir (~/tensorflow_datasets or $TFDS_DATA_DIR)"
+  return ValueError(
+      f"config.data.source='tfds': dataset {name!r} is not prepared in data_dir={where!r} "
+      f"({why}). Downloading and preparing it needs network access and TensorFlow, which "
+      "this machine may not have. Alternatives: prepare it elsewhere with "
+      f"tfds.builder({name!r}, file_format='array_record').download_and_prepare() and point "
+      "config.data.data_dir at that data_dir; or use source='digits' (built-in, offline) or "
+      "source='files' (MNIST idx files, an .npz or an image folder in config.data.data_dir)")
+
+
+def _load_tfds(config, data_source=None):
+  """`config.name` from TFDS as a LazyExamples; `data_source` overrides the reading."""
+  name, data_dir = config.name, config.data_dir or None
+  if data_source is None:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    try:
+      builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:  # DatasetNotFoundError and friends: no code and no files.
+      why = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+      raise _tfds_not_available(name, config.data_dir, why) from None
+    if not builder.is_prepared():
+      raise _tfds_not_available(name, config.data_dir, f"no {builder.data_path}")
+    if config.split not in builder.info.splits:
+      raise ValueError(f"config.data.split={config.split!r} is not a split of TFDS dataset "
+                       f"{name!r}; it has {sorted(builder.info.splits)}")
+    try:
+      data_source = builder.as_data_source(split=config.split)
+    except Exception as e:
+      raise ValueError(
+          f"TFDS dataset {name!r} in {builder.data_path} cannot be read with random access "
+          f"({type(e).__name__}: {e}); it must be prepared with file_format='array_record' "
+          "(convert a tfrecord copy with `tfds convert_format`)") from None
+  size, channels, crop = config.image_size, config.channels, _crop(config)
+  what = f"TFDS {name!r}"
+  first = data_source[0]
+  if "image" not in first:
+    raise KeyError(f"{what} examples have keys {sorted(first)}; expected 'image'")
+  _decode(first["image"], size, channels, what, crop)  # Fail now if it cannot be fitted.
+
+  def get(i):
+    example = data_source[i]
+    return _decode(example["image"], size, channels, what, crop), int(example.get("label", 0))
+
+  return LazyExamples(len(data_source), get), None, 256
+
+
 def _load(config):
   source = config.source
   if source == "digits":
     return _load_digits()
   if source == "files":
-    path = config.data_dir
-    if not path:
-      raise ValueError("config.data.source='files' needs config.data.data_dir: a directory "
-                       "of MNIST idx files or an .npz file")
-    if os.path.isdir(path):
-      return _load_mnist_dir(path, config.split)
-    if path.endswith(".npz") and os.path.isfile(path):
-      return _load_npz(path)
-    raise FileNotFoundError(
-        f"config.data.data_dir={path!r} does not exist or is neither a directory (of MNIST "
-        "idx files) nor an .npz file")
+    return _load_files(config)
   if source == "tfds":
-    raise ValueError(
-        "config.data.source='tfds' is not implemented yet; use source='digits' (built-in, "
-        "offline) or source='files' with data_dir=a directory of MNIST idx files or an .npz")
+    return _load_tfds(config)
   raise ValueError(f"config.data.source={source!r} is unknown; valid: {', '.join(SOURCES)}")
 
 
@@ -133,9 +341,13 @@ def _load(config):
 
 
 class DataIterator(Iterator[dict]):
-  """Deterministic, resumable batches of an in-memory dataset (see module doc)."""
+  """Deterministic, resumable batches of a dataset (see module doc).
 
-  def __init__(self, images: np.ndarray, labels: np.ndarray, levels: int, *,
+  `images` is an integer array [N, H, W, C] with `labels` int32 [N], or a
+  `LazyExamples` (then `labels` is None) that yields fitted images and labels.
+  """
+
+  def __init__(self, images, labels: np.ndarray | None, levels: int, *,
                batch_size: int, seed: int, random_flip: bool = False,
                dequantize: bool = False, process_index: int = 0, process_count: int = 1):
     if batch_size % process_count:
@@ -173,49 +385,63 @@ class DataIterator(Iterator[dict]):
       self._perm = self._permutation(epoch)
     self._epoch, self._position = epoch, position
 
+  def _take(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    if self.labels is None:
+      return self.images.take(idx)
+    return self.images[idx], self.labels[idx]
+
   def __next__(self) -> dict[str, np.ndarray]:
     """``{"image": float32 [B / process_count, H, W, C] in [-1, 1], "label": int32 [...]}``."""
     global_b = self.batch_size
     local_b = global_b // self.process_count
     start = self._position * global_b + self.process_index * local_b
     idx = self._perm[start:start + local_b]
-    rng = np.random.default_rng([self.seed, self._epoch, self._position, self.process_index])
-    images = self.images[idx].astype(np.float32)
-    if self.dequantize:
-      images = (images + rng.uniform(size=images.shape).astype(np.float32)) / self.levels
+    pixels, labels = self._take(idx)
+    images = pixels.astype(np.float32)
+    key = [self.seed, self._epoch, self._position]
+    if self.dequantize:  # Noise of global example j from (seed, epoch, position, j).
+      j0 = self.process_index * local_b
+      noise = np.stack([np.random.default_rng(key + [j0 + j]).uniform(size=images.shape[1:])
+                        for j in range(local_b)])
+      images = (images + noise.astype(np.float32)) / self.levels
     else:
       images = images / (self.levels - 1)
     images = images * 2.0 - 1.0
     if self.random_flip:
-      flip = rng.uniform(size=local_b) < 0.5
+      flip = (np.random.default_rng(key).uniform(size=global_b) < 0.5)[
+          self.process_index * local_b:(self.process_index + 1) * local_b]
       images = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
     self._position += 1
     if self._position == self.batches_per_epoch:
       self._epoch, self._position = self._epoch + 1, 0
       self._perm = self._permutation(self._epoch)
-    return {"image": images.astype(np.float32), "label": self.labels[idx].astype(np.int32)}
+    return {"image": images.astype(np.float32), "label": labels.astype(np.int32)}
 
 
-def create(config, seed: int, process_index: int = 0, process_count: int = 1) -> DataIterator:
+def create(config, seed: int, process_index: int = 0, process_count: int = 1,
+           *, loaded=None) -> DataIterator:
   """The batch iterator of `config` (= `config.data`; keys in configs/default.py).
+
+  `loaded` (tests, custom sources) replaces loading: ``(images, labels, levels)``
+  as the loaders return it.
 
   Raises:
     ValueError / FileNotFoundError / KeyError: unknown source or split, missing
-      files, or images whose size or channels differ from
-      `config.image_size` / `config.channels`; the message names the key.
+      or empty files, a TFDS dataset that is not prepared, or images that cannot
+      be fitted to `config.image_size` (upscaling) / `config.channels`; the
+      message names the key.
   """
   if config.split not in SPLITS:
     raise ValueError(f"config.data.split={config.split!r} is unknown; valid: {', '.join(SPLITS)}")
-  images, labels, levels = _load(config)
-  _, h, w, c = images.shape
-  if (h, w) != (config.image_size, config.image_size):
-    raise ValueError(f"config.data.image_size={config.image_size} but the {config.source!r} "
-                     f"images are {h}x{w} (resizing is not implemented)")
-  if c != config.channels:
-    raise ValueError(f"config.data.channels={config.channels} but the {config.source!r} "
-                     f"images have {c} channels")
-  if len(labels) != len(images):
-    raise ValueError(f"{len(images)} images but {len(labels)} labels")
+  images, labels, levels = _load(config) if loaded is None else loaded
+  if labels is not None:
+    if images.ndim != 4:
+      raise ValueError(f"the {config.source!r} images have shape {images.shape}; expected "
+                       "[N, H, W, C]")
+    images = _fit(images, config.image_size, config.channels, repr(config.source),
+                  _crop(config))
+    if len(labels) != len(images):
+      raise ValueError(f"{len(images)} images but {len(labels)} labels")
   return DataIterator(images, labels, levels, batch_size=config.batch_size, seed=seed,
                       random_flip=config.random_flip, dequantize=config.dequantize,
                       process_index=process_index, process_count=process_count)
