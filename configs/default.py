@@ -8,9 +8,105 @@ values can still be changed. `diffusion.train.validate_config` checks them.
 
 Keys whose default is "unset" are `config_dict.placeholder(type)`: None until
 given, typed so that command-line overrides still parse.
+
+Variants: every experiment file takes `file.py:key=value,key=value` and hands
+the string to `apply_variant` with the short keys it allows (`VARIANT_KEYS`
+unless it says otherwise), e.g. ``cifar10_ddpm.py:schedule=cosine,sampler=ddim,steps=50``.
+A bare word (no "=") names a preset of the file (``digits_ddpm.py:ddpm``).
 """
+from __future__ import annotations
+
+from typing import Mapping
+
 import ml_collections
 from ml_collections import config_dict
+
+# Short variant keys -> dotted config keys (the default `allowed` of apply_variant).
+VARIANT_KEYS = {
+    "schedule": "diffusion.schedule",
+    "prediction": "diffusion.prediction",
+    "weighting": "diffusion.weighting",
+    "sde": "diffusion.sde",
+    "sampler": "sample.method",
+    "steps": "sample.num_steps",
+    "eta": "sample.eta",
+    "predictor": "sample.predictor",
+    "corrector": "sample.corrector",
+    "snr": "sample.snr",
+    "batch": "data.batch_size",
+    "lr": "optim.lr",
+    "train_steps": "train.num_steps",
+    "seed": "seed",
+}
+
+_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+
+
+def _convert(text: str, kind: type, key: str):
+  """`text` as the type `kind` of config key `key`; ValueError names both."""
+  try:
+    if kind is bool:
+      if text.lower() not in _TRUE + _FALSE:
+        raise ValueError(f"expected one of {_TRUE + _FALSE}")
+      return text.lower() in _TRUE
+    if kind in (int, float, str):
+      return kind(text)
+  except ValueError as e:
+    raise ValueError(f"variant value {text!r} for {key} is not a {kind.__name__}: {e}") from None
+  raise ValueError(f"variant key {key} has type {kind.__name__}, which variants cannot set")
+
+
+def apply_variant(config: ml_collections.ConfigDict, arg: str | None,
+                  allowed: Mapping[str, str] | None = None,
+                  presets: Mapping[str, Mapping[str, str]] | None = None,
+                  source: str = "this config") -> ml_collections.ConfigDict:
+  """Applies ``arg = "key=value,key=value"`` (or preset names) to `config` in place.
+
+  Args:
+    config: the experiment's config (locked or not).
+    arg: the `file.py:arg` string; None or "" changes nothing.
+    allowed: short key -> dotted config key (default `VARIANT_KEYS`). Values
+      are converted to the type of the config key (int, float, str, bool).
+    presets: bare words -> ``{short key: value}`` applied as if spelled out.
+    source: the file name, for error messages.
+
+  Returns:
+    `config` (the same object).
+
+  Raises:
+    ValueError: an unknown key or preset (the message lists the valid ones), an
+      item without "=", a key given twice, or a value of the wrong type.
+  """
+  allowed = VARIANT_KEYS if allowed is None else allowed
+  presets = presets or {}
+  if not arg:
+    return config
+  items: list[tuple[str, str]] = []
+  for item in arg.split(","):
+    item = item.strip()
+    if "=" in item:
+      key, value = item.split("=", 1)
+      items.append((key.strip(), value.strip()))
+    elif item in presets:
+      items.extend(presets[item].items())
+    else:
+      valid = ", ".join(sorted(presets)) or "none"
+      raise ValueError(f"bad variant item {item!r} of {source}: expected key=value with key one "
+                       f"of {', '.join(sorted(allowed))}, or a preset ({valid})")
+  seen = set()
+  for key, value in items:
+    if key not in allowed:
+      raise ValueError(f"unknown variant key {key!r} of {source}; valid keys: "
+                       f"{', '.join(sorted(allowed))}")
+    if key in seen:
+      raise ValueError(f"variant key {key!r} given twice in {arg!r}")
+    seen.add(key)
+    *parents, leaf = allowed[key].split(".")
+    node = config
+    for p in parents:
+      node = node[p]
+    node[leaf] = _convert(value, node.get_type(leaf), allowed[key])
+  return config
 
 
 def get_config(arg=None):
@@ -29,15 +125,19 @@ def get_config(arg=None):
 
   # ------------------------------------------------------------------ data
   config.data = data = ml_collections.ConfigDict()
-  data.source = "digits"  # "digits" (sklearn, offline) | "files" | "tfds" (not yet).
+  data.source = "digits"  # "digits" (sklearn, offline) | "files" | "tfds".
   data.name = "digits"  # Dataset name: a label for "digits"/"files", the TFDS name for "tfds".
   # source="files": a directory of MNIST idx files (train-images-idx3-ubyte[.gz],
   # ...-labels-idx1-ubyte[.gz]) or an .npz file with key "image" (or "x") and
   # optionally "label" (or "y"). Unused for "digits".
   data.data_dir = ""
   data.split = "train"  # "train" | "test" (MNIST idx: t10k-*); digits/npz have one split.
-  data.image_size = 32  # H = W of the images; must match the dataset (no resizing yet).
+  # H = W of the images. "digits"/"files" must match; "tfds" resizes (after the crop below).
+  data.image_size = 32
   data.channels = 3  # C of the images; must match the dataset.
+  # "none" | "center": crop the largest central square before resizing to
+  # image_size (tfds / image folders with non-square images, e.g. oxford_flowers102).
+  data.crop = "none"
   data.random_flip = False  # Random horizontal flips (off for digits: they are not symmetric).
   # Uniform dequantisation: x = (k + u) / levels, u ~ U[0, 1), for the integer
   # pixel value k out of `levels` (17 for digits, 256 for uint8); otherwise
@@ -134,8 +234,15 @@ def get_config(arg=None):
   sample.snr = 0.16  # PC corrector signal-to-noise ratio.
   sample.corrector_steps = 1  # PC corrector updates per step.
   sample.ode_method = "heun"  # probability_flow: "euler" | "heun" | "rk45".
-  sample.eps = 1e-3  # Continuous samplers: final time.
-  sample.num_samples = 64  # Images per grid (a square number makes a square grid).
+  # Continuous samplers: final time. Discrete models with diffusion.schedule=
+  # "linear" also take the continuous samplers, via the VP SDE of their betas.
+  sample.eps = 1e-3
+  # Images per grid while training; --mode sample: the number N written to the
+  # .npz (its first min(N, grid_size) form the PNG grid and the GIF).
+  sample.num_samples = 64
+  sample.batch_size = 64  # --mode sample: images per sampler call (chunks of N).
+  sample.grid_size = 64  # --mode sample: images in the grid PNG / reverse-process GIF.
+  sample.gif_frames = 50  # --mode sample: GIF frames (subsampled from the sampler steps).
   sample.clip_denoised = True  # Discrete: clip the x0 estimate to [-1, 1] each step.
   sample.checkpoint_step = config_dict.placeholder(int)  # --mode sample: None = latest.
 

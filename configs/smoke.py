@@ -7,7 +7,6 @@ from configs import default
 
 
 def get_config(arg=None):
-  del arg
   config = default.get_config()
 
   config.data.source = "digits"
@@ -39,4 +38,6 @@ def get_config(arg=None):
   config.sample.method = "ddim"
   config.sample.num_steps = 4
   config.sample.num_samples = 4
-  return config
+  config.sample.batch_size = 4
+  config.sample.grid_size = 4
+  return default.apply_variant(config, arg, source="smoke.py")

@@ -1,11 +1,18 @@
 """Command-line entry point: parses flags and hands the config to `train`.
 
     python -m diffusion.main --config configs/digits_ddpm.py --workdir /tmp/digits
-    python -m diffusion.main --config configs/digits_ddpm.py:ddim --workdir /tmp/digits \
-        --mode sample --config.sample.num_samples=16
+    python -m diffusion.main --config configs/digits_ddpm.py --workdir /tmp/digits \
+        --mode sample --config.sample.method=ddim --config.sample.num_steps=50 \
+        --config.sample.num_samples=1000
+    python -m diffusion.main --config configs/cifar10_ddpm.py:schedule=cosine,sampler=ddim \
+        --workdir /tmp/cifar10_cosine
 
-`--config` takes `file.py` or `file.py:variant` (passed to `get_config`), and
+`--config` takes `file.py` or `file.py:variant` (passed to `get_config`; the
+variant syntax `key=value,...` is `configs.default.apply_variant`'s), and
 `--config.a.b=value` overrides; the config is locked, so unknown keys fail.
+`--mode sample` writes N samples (.npz), a grid (.png) and the reverse
+process (.gif) from a checkpoint; SIGTERM / SIGINT during training save a
+checkpoint and exit 0 (resume with the same command).
 """
 import os
 import sys

@@ -14,7 +14,10 @@ Workdir layout::
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 import time
 from typing import Callable
 
@@ -30,6 +33,9 @@ from diffusion import train_state as ts
 from diffusion.models import get_model
 
 DIFFUSION_TYPES = ("discrete", "continuous")
+# Discrete schedules whose betas are a VP SDE's beta(t) on a uniform grid, so
+# that the continuous samplers can run a discrete model (`sampler_process`).
+VP_SCHEDULES = ("linear",)
 
 
 # --------------------------------------------------------------------------
@@ -50,14 +56,25 @@ def validate_config(config) -> None:
   """
   d, tc, s = config.diffusion, config.train, config.sample
   _choice(d.type, DIFFUSION_TYPES, "diffusion.type")
+  continuous = tuple(m for m in samplers.SAMPLERS if m not in samplers.DISCRETE_SAMPLERS)
   if d.type == "discrete":
     _choice(d.prediction, losses.DISCRETE_PREDICTIONS, "diffusion.prediction")
     _choice(d.weighting, losses.DISCRETE_WEIGHTINGS, "diffusion.weighting")
-    _choice(s.method, samplers.DISCRETE_SAMPLERS, "sample.method (diffusion.type=discrete)")
+    _choice(s.method, tuple(samplers.SAMPLERS), "sample.method")
+    if s.method in continuous and d.schedule not in VP_SCHEDULES:
+      raise ValueError(
+          f"config.sample.method={s.method!r} (a continuous-time sampler) needs the VP SDE "
+          f"of the discrete schedule, and only diffusion.schedule in {VP_SCHEDULES} has one "
+          f"(VPSDE(beta_min=T beta_1, beta_max=T beta_T)); got "
+          f"diffusion.schedule={d.schedule!r}. Sample it with: "
+          f"{', '.join(samplers.DISCRETE_SAMPLERS)}")
   else:
     _choice(d.prediction, losses.CONTINUOUS_PREDICTIONS, "diffusion.prediction")
     _choice(d.weighting, losses.CONTINUOUS_WEIGHTINGS, "diffusion.weighting")
-    continuous = tuple(m for m in samplers.SAMPLERS if m not in samplers.DISCRETE_SAMPLERS)
+    if s.method in samplers.DISCRETE_SAMPLERS:
+      raise ValueError(
+          f"config.sample.method={s.method!r} is a discrete-time sampler; a "
+          f"diffusion.type='continuous' model samples with: {', '.join(continuous)}")
     _choice(s.method, continuous, "sample.method (diffusion.type=continuous)")
   _choice(tc.parallel, parallel.MODES, "train.parallel")
   _choice(tc.precision, tuple(parallel.DTYPES), "train.precision")
@@ -73,8 +90,9 @@ def validate_config(config) -> None:
   if config.data.batch_size % n:
     raise ValueError(f"config.data.batch_size={config.data.batch_size} is not divisible by "
                      f"the {n} local devices")
-  if s.num_samples < 1:
-    raise ValueError(f"config.sample.num_samples={s.num_samples} must be >= 1")
+  for key in ("num_samples", "batch_size", "grid_size", "gif_frames"):
+    if s[key] < 1:
+      raise ValueError(f"config.sample.{key}={s[key]} must be >= 1")
 
 
 # --------------------------------------------------------------------------
@@ -143,14 +161,38 @@ def make_loss_fn(config, apply_fn, process) -> Callable:
   return loss_fn
 
 
-def make_sample_fn(config, apply_fn, process) -> Callable:
-  """A jitted ``sample_fn(params, rng) -> [num_samples, H, W, C]`` (config.sample)."""
+def sampler_process(config, process):
+  """The schedule or SDE the sampler of `config.sample.method` runs on.
+
+  A discrete model (linear betas ``beta_i``, ``i = 1..T``) under a continuous
+  sampler runs on ``VPSDE(beta_min=T beta_1, beta_max=T beta_T)``, whose
+  ``beta(t) dt`` at ``t = i / T``, ``dt = 1 / T`` is ``beta_i``; its network is
+  asked at the nearest discrete step (`parameterization.score_fn_from_eps_fn`).
+  """
+  if config.diffusion.type == "continuous" or config.sample.method in samplers.DISCRETE_SAMPLERS:
+    return process
+  betas = np.asarray(process.betas, np.float64)  # Validated: a VP_SCHEDULES schedule.
+  T = process.num_steps
+  return sdes.VPSDE(beta_min=float(T * betas[0]), beta_max=float(T * betas[-1]))
+
+
+def make_sample_fn(config, apply_fn, process, *, num_samples: int | None = None,
+                   return_trajectory: bool = False) -> Callable:
+  """A jitted ``sample_fn(params, rng) -> x [N, H, W, C]`` (config.sample).
+
+  ``N = num_samples`` (default ``config.sample.num_samples``). With
+  `return_trajectory` it returns ``(x, traj)`` as the samplers do (``traj["x"]``
+  ``[S, N, H, W, C]``; not with ``ode_method="rk45"``).
+  """
   s, d = config.sample, config.diffusion
-  shape = (s.num_samples, config.data.image_size, config.data.image_size, config.data.channels)
+  n = s.num_samples if num_samples is None else num_samples
+  shape = (n, config.data.image_size, config.data.image_size, config.data.channels)
   y = None
   if config.model.num_classes is not None:
-    y = jnp.arange(s.num_samples, dtype=jnp.int32) % config.model.num_classes
+    y = jnp.arange(n, dtype=jnp.int32) % config.model.num_classes
   clip = 1.0 if s.clip_denoised else None
+  sde = sampler_process(config, process)
+  traj = {"return_trajectory": True} if return_trajectory else {}
 
   def sample_fn(params, rng):
     net = lambda x, t: apply_fn(params, x, t, y)
@@ -158,19 +200,23 @@ def make_sample_fn(config, apply_fn, process) -> Callable:
       eps_fn = parameterization.eps_fn_from_model(net, d.prediction, process)
       if s.method == "ddpm":
         return samplers.ddpm(eps_fn, process, rng, shape, variance=s.variance,
-                             clip_denoised=clip)
-      return samplers.ddim(eps_fn, process, rng, shape, num_steps=s.num_steps, eta=s.eta,
-                           clip_denoised=clip)
-    score_fn = parameterization.score_fn_from_model(net, d.prediction, process)
+                             clip_denoised=clip, **traj)
+      if s.method == "ddim":
+        return samplers.ddim(eps_fn, process, rng, shape, num_steps=s.num_steps, eta=s.eta,
+                             clip_denoised=clip, **traj)
+      score_fn = parameterization.score_fn_from_eps_fn(eps_fn, process)
+    else:
+      score_fn = parameterization.score_fn_from_model(net, d.prediction, process)
     if s.method == "euler_maruyama":
-      return samplers.euler_maruyama(score_fn, process, rng, shape, num_steps=s.num_steps,
-                                     eps=s.eps)
+      return samplers.euler_maruyama(score_fn, sde, rng, shape, num_steps=s.num_steps,
+                                     eps=s.eps, **traj)
     if s.method == "predictor_corrector":
       return samplers.predictor_corrector(
-          score_fn, process, rng, shape, num_steps=s.num_steps, predictor=s.predictor,
-          corrector=s.corrector, snr=s.snr, corrector_steps=s.corrector_steps, eps=s.eps)
-    return samplers.probability_flow(score_fn, process, rng, shape, num_steps=s.num_steps,
-                                     method=s.ode_method, eps=s.eps)
+          score_fn, sde, rng, shape, num_steps=s.num_steps, predictor=s.predictor,
+          corrector=s.corrector, snr=s.snr, corrector_steps=s.corrector_steps, eps=s.eps,
+          **traj)
+    return samplers.probability_flow(score_fn, sde, rng, shape, num_steps=s.num_steps,
+                                     method=s.ode_method, eps=s.eps, **traj)
 
   return jax.jit(sample_fn)
 
@@ -239,8 +285,46 @@ def _host_metrics(pending) -> dict[str, np.ndarray]:
   return {name: np.concatenate(v) for name, v in out.items()}
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+@contextlib.contextmanager
+def _stop_requests():
+  """Yields a dict that SIGTERM / SIGINT fill with ``{"signal": name}``.
+
+  The loop checks it after each step, saves and stops (preemption). A second
+  signal raises KeyboardInterrupt (a stuck run can still be interrupted). The
+  previous handlers come back on exit. Off the main thread (where Python
+  cannot install handlers) nothing is installed.
+
+  TODO(multi-host): processes receive signals at different steps; they must
+  agree on the stop step (an all-reduce of the flag each step, or Orbax's
+  `reached_preemption`) before saving, or the collective save deadlocks.
+  """
+  stop: dict[str, str] = {}
+  if threading.current_thread() is not threading.main_thread():
+    yield stop
+    return
+
+  def handler(signum, frame):
+    del frame
+    if stop:
+      raise KeyboardInterrupt(f"second {signal.Signals(signum).name}")
+    stop["signal"] = signal.Signals(signum).name
+
+  previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+  try:
+    yield stop
+  finally:
+    for sig, old in previous.items():
+      signal.signal(sig, old)
+
+
 def train_and_evaluate(config, workdir: str) -> ts.TrainState:
   """Trains (or resumes) the model of `config` in `workdir`; see the module doc.
+
+  SIGTERM / SIGINT (preemption) finish the current step, save a checkpoint
+  (with the data iterator's state) and return: resuming continues bit-for-bit.
 
   Returns:
     The final `TrainState` (one copy, not replicated).
@@ -294,42 +378,52 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
 
   pending, logged, t_log, steps_log, compiling = [], {}, time.time(), step, True
   try:
-    while step < tc.num_steps:
-      batch = compiled.shard_batch(_next_batch(it, k))
-      state, metrics = compiled(state, batch)
-      pending.append((step, metrics))
-      step += k
-      bar.update(k)
-      if compiling:  # The first call compiled the step: time the rest.
-        compiling = False
-        jax.block_until_ready(metrics)
-        writers.echo(f"compiled and ran the first train step in {time.time() - t_log:.1f}s")
-        t_log, steps_log = time.time(), step
-      last = step == tc.num_steps
-      log, save = _every(step, tc.log_every) or last, _every(step, tc.ckpt_every) or last
-      grid = _every(step, tc.sample_every) or (last and tc.sample_every > 0)
-      if not (log or save or grid):
-        continue
-      for name, values in _host_metrics(pending).items():  # Raises if non-finite.
-        logged.setdefault(name, []).append(values)
-      pending = []
-      if log:
-        now = time.time()
-        row = {n: float(np.mean(np.concatenate(v))) for n, v in logged.items() if n != "finite"}
-        row["lr"] = float(np.concatenate(logged["lr"])[-1]) if "lr" in logged else None
-        # The first row after a (re)start times the steps after the compiling one.
-        row["steps_per_sec"] = (step - steps_log) / (now - t_log) if step > steps_log else None
-        writer.write(step, row)
-        bar.update(0, {"loss": row["loss"], "steps/s": row["steps_per_sec"]})
-        logged, t_log, steps_log = {}, now, step
-      if save:
-        ckpt.save(step, compiled.unreplicate(state), it.get_state())
-      if grid:
-        t0, path = time.time(), os.path.join(workdir, "samples", f"step_{step:06d}.png")
-        _save_grid(path, sample_fn(compiled.unreplicate(state).ema_params, sample_key))
-        writer.write_image(step, "samples", path)
-        writers.echo(f"step {step}: wrote {path} ({time.time() - t0:.1f}s)")
-        t_log += time.time() - t0  # steps_per_sec counts training time only.
+    with _stop_requests() as stop:
+      while step < tc.num_steps:
+        batch = compiled.shard_batch(_next_batch(it, k))
+        state, metrics = compiled(state, batch)
+        pending.append((step, metrics))
+        step += k
+        bar.update(k)
+        if compiling:  # The first call compiled the step: time the rest.
+          compiling = False
+          jax.block_until_ready(metrics)
+          writers.echo(f"compiled and ran the first train step in {time.time() - t_log:.1f}s")
+          t_log, steps_log = time.time(), step
+        last = step == tc.num_steps
+        log, save = _every(step, tc.log_every) or last, _every(step, tc.ckpt_every) or last
+        grid = _every(step, tc.sample_every) or (last and tc.sample_every > 0)
+        # Read the flag once: a signal arriving later in this iteration stops the next one.
+        preempted = bool(stop) and not last
+        if preempted:  # Save this step, skip the rest, stop.
+          save, grid = True, False
+        if not (log or save or grid):
+          continue
+        for name, values in _host_metrics(pending).items():  # Raises if non-finite.
+          logged.setdefault(name, []).append(values)
+        pending = []
+        if log:
+          now = time.time()
+          row = {n: float(np.mean(np.concatenate(v))) for n, v in logged.items() if n != "finite"}
+          row["lr"] = float(np.concatenate(logged["lr"])[-1]) if "lr" in logged else None
+          # The first row after a (re)start times the steps after the compiling one.
+          row["steps_per_sec"] = (step - steps_log) / (now - t_log) if step > steps_log else None
+          writer.write(step, row)
+          bar.update(0, {"loss": row["loss"], "steps/s": row["steps_per_sec"]})
+          logged, t_log, steps_log = {}, now, step
+        if save:
+          ckpt.save(step, compiled.unreplicate(state), it.get_state())
+        if grid:
+          t0, path = time.time(), os.path.join(workdir, "samples", f"step_{step:06d}.png")
+          _save_grid(path, sample_fn(compiled.unreplicate(state).ema_params, sample_key))
+          writer.write_image(step, "samples", path)
+          writers.echo(f"step {step}: wrote {path} ({time.time() - t0:.1f}s)")
+          t_log += time.time() - t0  # steps_per_sec counts training time only.
+        if preempted:
+          ckpt.wait_until_finished()
+          writers.echo(f"{stop['signal']}: stopped at step {step} of {tc.num_steps} and saved "
+                       f"its checkpoint in {ckpt.directory}; run the same command to resume.")
+          break
   except parallel.NonFiniteError as e:
     ckpt.wait_until_finished()
     message = (f"training stopped: {e}. The last good checkpoint is step "
@@ -351,11 +445,29 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
 def sample(config, workdir: str) -> str:
   """Samples with the EMA params of a checkpoint of `workdir` (--mode sample).
 
-  Uses ``config.sample.checkpoint_step`` (None: the latest) and writes
-  ``samples/final_XXXXXX.png`` and ``.npz`` (key "images", float32
-  ``[N, H, W, C]`` in about [-1, 1]). Returns the PNG path.
+  Uses ``config.sample.checkpoint_step`` (None: the latest) and any sampler of
+  `config.sample` (a discrete linear-schedule model also takes the continuous
+  ones). Writes, under ``samples/``:
+
+  - ``final_XXXXXX.npz``: key "images", float32 ``[N, H, W, C]`` clipped to
+    [-1, 1], ``N = sample.num_samples``, drawn in calls of ``sample.batch_size``;
+  - ``final_XXXXXX.png``: a grid of the first ``G = min(N, sample.grid_size)``;
+  - ``final_XXXXXX.gif``: the reverse process of those G images, from noise
+    to the grid, in ``<= sample.gif_frames`` frames.
+
+  The first G images come from one sampler call with the trajectory, key
+  ``fold_in(sample_key, 0)``; the rest from calls ``c = 1, 2, ...`` with keys
+  ``fold_in(sample_key, c)`` (the last one padded to the batch size and cut):
+  deterministic given the seed, the checkpoint and config.sample.
+
+  Returns:
+    The PNG path.
   """
   validate_config(config)
+  s = config.sample
+  if s.method == "probability_flow" and s.ode_method == "rk45":
+    raise ValueError("--mode sample writes a reverse-process GIF, which needs a trajectory; "
+                     "sample.ode_method='rk45' has none: use 'euler' or 'heun'")
   if not os.path.exists(os.path.join(workdir, "config.json")):
     raise FileNotFoundError(f"{workdir} has no config.json: train there first")
   writers.check_config(config, workdir, write=False)
@@ -364,16 +476,34 @@ def sample(config, workdir: str) -> str:
   create_fn, _ = _state_fns(config, model)
   state_key, sample_key = _keys(config)
   with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), None) as ckpt:
-    step = config.sample.checkpoint_step
+    step = s.checkpoint_step
     step = ckpt.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first")
     state, _ = ckpt.restore(step, _abstract_state(create_fn, state_key))
-  sample_fn = make_sample_fn(config, make_apply_fn(model, config, process), process)
-  images = np.asarray(jax.device_get(sample_fn(state.ema_params, sample_key)))
+  apply_fn = make_apply_fn(model, config, process)
+  n, grid_n = s.num_samples, min(s.num_samples, s.grid_size)
+  batch = min(s.batch_size, n - grid_n) if n > grid_n else 0
+
+  t0 = time.time()
+  traj_fn = make_sample_fn(config, apply_fn, process, num_samples=grid_n, return_trajectory=True)
+  first, traj = traj_fn(state.ema_params, jax.random.fold_in(sample_key, 0))
+  first, traj_x = np.asarray(jax.device_get(first)), np.asarray(jax.device_get(traj["x"]))
+  chunks = [first]
+  if batch:
+    chunk_fn = make_sample_fn(config, apply_fn, process, num_samples=batch)
+    for c in range(1, 1 + -(-(n - grid_n) // batch)):
+      chunks.append(np.asarray(jax.device_get(
+          chunk_fn(state.ema_params, jax.random.fold_in(sample_key, c)))))
+  images = np.clip(np.concatenate(chunks)[:n], -1.0, 1.0).astype(np.float32)
+
   stem = os.path.join(workdir, "samples", f"final_{step:06d}")
-  _save_grid(stem + ".png", images)
   if jax.process_index() == 0:
+    visualize.save_png(stem + ".png", visualize.image_grid(images[:grid_n]))
     np.savez(stem + ".npz", images=images)
-  writers.echo(f"wrote {stem}.png and {stem}.npz (EMA params of step {step})")
+    visualize.save_gif(stem + ".gif", visualize.reverse_process_frames(
+        traj_x, first, s.gif_frames))
+  writers.echo(f"wrote {n} samples to {stem}.npz, a grid of {grid_n} to {stem}.png and its "
+               f"reverse process to {stem}.gif ({s.method}, EMA params of step {step}, "
+               f"{time.time() - t0:.1f}s)")
   return stem + ".png"

@@ -7,14 +7,21 @@ sample at 6, batch 16 of the 1,797 digits):
   full:    6 steps in one go                                    -> workdir "full"
   part:    --config.train.num_steps=4, then the plain config
            (resumes at 4, runs to 6)                            -> workdir "part"
-  sample:  --mode=sample in "full"
+  sample:  --mode=sample in "full" (6 samples in calls of 4; DDIM with 10
+           steps; a GIF of 3 frames)
   changed: the plain config with diffusion.num_steps=50 in "full" -> refused
+  sigterm: 100k steps, SIGTERM after a few (stops at S); resumed to 6 and
+           compared with "full" (or, if S > 4, resumed to S + 2 and compared
+           with an uninterrupted run of S + 2 steps)
 """
 import json
 import os
 import pathlib
+import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -22,17 +29,22 @@ from PIL import Image
 import pytest
 
 from configs import smoke
-from diffusion import checkpoint, data, visualize, writers
+from diffusion import checkpoint, data, train, visualize, writers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _main(workdir, *flags, cache_dir, check=True):
+def _command(workdir, flags, cache_dir):
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache_dir),
              JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
              PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
   cmd = [sys.executable, "-m", "diffusion.main", "--config", "configs/smoke.py",
          "--workdir", str(workdir), *flags]
+  return cmd, env
+
+
+def _main(workdir, *flags, cache_dir, check=True):
+  cmd, env = _command(workdir, flags, cache_dir)
   proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   if check:
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -44,7 +56,7 @@ def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("smoke")
   cache = root / "xla_cache"
   full, part = root / "full", root / "part"
-  out = {"full": full, "part": part}
+  out = {"full": full, "part": part, "root": root, "cache": cache}
   out["full_proc"] = _main(full, cache_dir=cache)
   out["part_proc"] = _main(part, "--config.train.num_steps=4", cache_dir=cache)
   out["part_ckpts_before_resume"] = _steps(part)
@@ -54,7 +66,10 @@ def runs(tmp_path_factory):
   out["resume_proc"] = _main(part, cache_dir=cache)
   out["changed_proc"] = _main(full, "--config.diffusion.num_steps=50", cache_dir=cache,
                               check=False)
-  out["sample_proc"] = _main(full, "--mode=sample", cache_dir=cache)
+  out["sample_proc"] = _main(full, "--mode=sample", "--config.sample.num_samples=6",
+                             "--config.sample.batch_size=4", "--config.sample.gif_frames=3",
+                             "--config.sample.num_steps=10",
+                             cache_dir=cache)
   return out
 
 
@@ -92,17 +107,24 @@ def test_metrics_rows(runs):
   np.testing.assert_allclose([r["lr"] for r in rows], [5e-4, 1e-3, 1e-3], rtol=1e-6)
 
 
-def test_resume_continues_and_is_bit_identical(runs):
-  assert "training from step 4 to 6" in runs["resume_proc"].stderr
-  full_state, full_data = _restore(runs["full"], 6)
-  part_state, part_data = _restore(runs["part"], 6)
-  assert full_data == part_data == {"epoch": 0, "position": 6}
-  assert int(full_state["step"]) == int(part_state["step"]) == 6
-  leaves_a, tree_a = jax.tree.flatten(full_state)
-  leaves_b, tree_b = jax.tree.flatten(part_state)
+def _assert_same_checkpoint(workdir_a, workdir_b, step):
+  """Checkpoint `step` of both workdirs: same data state, bit-identical arrays."""
+  state_a, data_a = _restore(workdir_a, step)
+  state_b, data_b = _restore(workdir_b, step)
+  assert data_a == data_b
+  assert int(state_a["step"]) == int(state_b["step"]) == step
+  leaves_a, tree_a = jax.tree.flatten(state_a)
+  leaves_b, tree_b = jax.tree.flatten(state_b)
   assert tree_a == tree_b
   for a, b in zip(leaves_a, leaves_b):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  return state_a, data_a
+
+
+def test_resume_continues_and_is_bit_identical(runs):
+  assert "training from step 4 to 6" in runs["resume_proc"].stderr
+  full_state, full_data = _assert_same_checkpoint(runs["full"], runs["part"], 6)
+  assert full_data == {"epoch": 0, "position": 6}
   # The resumed run saw the same batches: every logged loss is identical (and
   # the stale row of step 5 was dropped on resume).
   assert ([r["loss"] for r in writers.read_metrics(runs["full"])]
@@ -122,7 +144,84 @@ def test_sample_png_and_sample_mode(runs):
       assert np.asarray(im).std() > 0
   assert (runs["part"] / "samples" / "step_000004.png").exists()
   with np.load(runs["full"] / "samples" / "final_000006.npz") as f:
-    assert f["images"].shape == (4, 8, 8, 1) and np.isfinite(f["images"]).all()
+    images = f["images"]
+  assert images.shape == (6, 8, 8, 1) and images.dtype == np.float32  # 4 + a call of 2.
+  assert images.min() >= -1.0 and images.max() <= 1.0 and images.std() > 0
+  assert len({im.tobytes() for im in images}) == 6  # Each call has its own key.
+  # The reverse process of the grid: ddim's 10 steps subsampled to 3 frames
+  # (after steps 1, 5 and 10), the last one being the PNG grid. (Pillow merges
+  # identical frames: DDIM's last two states differ by < 1/255.)
+  with Image.open(runs["full"] / "samples" / "final_000006.gif") as gif:
+    assert gif.n_frames == 3 and gif.size == (side, side) and gif.info["loop"] == 0
+    frames = []
+    for i in range(gif.n_frames):
+      gif.seek(i)
+      frames.append(np.asarray(gif.convert("L")))
+  with Image.open(runs["full"] / "samples" / "final_000006.png") as im:
+    np.testing.assert_array_equal(frames[-1], np.asarray(im))
+  assert not np.array_equal(frames[0], frames[-1])
+  np.testing.assert_array_equal(  # The grid shows the first 4 samples of the npz.
+      frames[-1], visualize.image_grid(images[:4])[..., 0])
+
+
+def test_discrete_model_samples_with_euler_maruyama(runs, tmp_path):
+  """The smoke model (discrete, linear betas, T = 100) under a continuous sampler:
+  VPSDE(beta_min = 100 * 1e-4, beta_max = 100 * 0.02)."""
+  workdir = tmp_path / "em"
+  shutil.copytree(runs["full"], workdir, ignore=shutil.ignore_patterns("samples"))
+  config = smoke.get_config("sampler=euler_maruyama,steps=10")
+  config.sample.gif_frames = 5
+  sde = train.sampler_process(config, train.noise_process(config))
+  np.testing.assert_allclose([sde.beta_min, sde.beta_max], [0.01, 2.0], rtol=1e-5)
+  png = train.sample(config, str(workdir))
+  with np.load(workdir / "samples" / "final_000006.npz") as f:
+    images = f["images"]
+  assert images.shape == (4, 8, 8, 1) and np.isfinite(images).all() and images.std() > 0.05
+  with Image.open(png) as im, Image.open(workdir / "samples" / "final_000006.gif") as gif:
+    assert gif.n_frames == 5 and gif.size == im.size
+  config = smoke.get_config("schedule=cosine,sampler=euler_maruyama")
+  with pytest.raises(ValueError, match="diffusion.schedule='cosine'"):
+    train.sample(config, str(workdir))
+
+
+def _wait_for_rows(workdir, n, proc, timeout=120.0):
+  path, t0 = pathlib.Path(workdir) / "metrics.jsonl", time.time()
+  while time.time() - t0 < timeout and proc.poll() is None:
+    if path.exists() and len(path.read_text().splitlines()) >= n:
+      return
+    time.sleep(0.05)
+  raise AssertionError(f"no {n} metric rows in {path} after {time.time() - t0:.0f}s")
+
+
+def test_sigterm_saves_exits_cleanly_and_resumes_bit_identical(runs):
+  root, cache = runs["root"], runs["cache"]
+  # Logging, checkpoint and sample cadence are resumable keys: they do not
+  # change what is trained, so "full" is the uninterrupted reference.
+  long = ["--config.train.log_every=1", "--config.train.ckpt_every=100000",
+          "--config.train.sample_every=0"]
+  stopped = root / "sigterm"
+  cmd, env = _command(stopped, ["--config.train.num_steps=100000", *long], cache)
+  proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  try:
+    _wait_for_rows(stopped, 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 0, stderr[-3000:]
+  (last,) = _steps(stopped)  # Only the preemption checkpoint (ckpt_every=100000).
+  assert 2 <= last < 100000
+  assert f"SIGTERM: stopped at step {last} of 100000" in stderr
+  assert writers.read_metrics(stopped)[-1]["step"] <= last
+  final, reference = 6, runs["full"]
+  if last > 4:  # A fast machine ran past "full": train a reference as long.
+    final, reference = last + 2, root / "uninterrupted"
+    _main(reference, f"--config.train.num_steps={final}", *long, cache_dir=cache)
+  resumed = _main(stopped, f"--config.train.num_steps={final}", *long, cache_dir=cache)
+  assert f"training from step {last} to {final}" in resumed.stderr
+  _assert_same_checkpoint(stopped, reference, final)
 
 
 def test_changed_config_is_refused(runs):
@@ -234,3 +333,17 @@ def test_non_finite_step_is_reported_with_its_number():
   with pytest.raises(parallel.NonFiniteError, match="non-finite loss at step 5") as e:
     train._host_metrics([(4, ok), (5, bad), (6, ok)])
   assert e.value.step == 5
+
+
+def test_reverse_process_frames_and_gif(tmp_path):
+  traj = np.stack([np.full((2, 8, 8, 1), v, np.float32) for v in np.linspace(-1, 0.8, 10)])
+  final = np.ones((2, 8, 8, 1), np.float32)
+  frames = visualize.reverse_process_frames(traj, final, num_frames=4)  # steps 0, 3, 6, final.
+  assert len(frames) == 4 and frames[0].shape == (36, 70, 1)
+  assert [f[2, 2, 0] for f in frames] == [0, 76, 153, 255]  # -1, -0.4, 0.2, 1
+  assert len(visualize.reverse_process_frames(traj[:2], final, num_frames=50)) == 2
+  visualize.save_gif(tmp_path / "a.gif", frames)
+  with Image.open(tmp_path / "a.gif") as gif:
+    assert gif.n_frames == 4 and gif.size == (70, 36)
+    gif.seek(3)
+    assert np.asarray(gif.convert("L"))[2, 2] == 255

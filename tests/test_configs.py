@@ -1,0 +1,197 @@
+"""Every experiment config loads, is locked, validates and builds its model;
+the variant syntax (`configs.default.apply_variant`) changes exactly the keys
+it names and rejects the rest with the list of valid keys."""
+import importlib
+import os
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import default
+from diffusion import sdes, train
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem != "__init__")
+
+# Parameters of each config's model (jax.eval_shape, no arrays made). DDPM's
+# CIFAR-10 UNet is the paper's "35.7M"; DDPM++ / NCSN++ here have 62.5M (the
+# paper's DDPM++ cont. has 62M; NCSN++'s FIR / progressive paths are absent).
+PARAMS = {
+    "cifar10_ddpm": 35_746_307,
+    "cifar10_ddpmpp_vp": 62_513_667,
+    "cifar10_ncsnpp_ve": 62_513_667,
+    "digits_ddpm": 651_041,
+    "fashion_mnist_ddpm": 6_469_889,
+    "flowers_ddim": 20_761_923,
+    "mnist_ddpm": 6_469_889,
+    "smoke": 10_593,
+}
+
+# TFDS configs: (dataset name, image size, channels).
+TFDS = {
+    "cifar10_ddpm": ("cifar10", 32, 3),
+    "cifar10_ddpmpp_vp": ("cifar10", 32, 3),
+    "cifar10_ncsnpp_ve": ("cifar10", 32, 3),
+    "fashion_mnist_ddpm": ("fashion_mnist", 28, 1),
+    "flowers_ddim": ("oxford_flowers102", 64, 3),
+}
+
+
+def _get(name, arg=None):
+  return importlib.import_module(f"configs.{name}").get_config(arg)
+
+
+def _flat(config):
+  out = {}
+  def walk(node, prefix):
+    for k, v in node.items():
+      if hasattr(v, "items"):
+        walk(v, f"{prefix}{k}.")
+      else:
+        out[f"{prefix}{k}"] = v
+  walk(config, "")
+  return out
+
+
+def test_every_config_file_is_listed():
+  assert set(CONFIGS) == set(PARAMS) | {"default"}
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_loads_locked_and_valid(name):
+  config = _get(name)
+  with pytest.raises(AttributeError):
+    config.train.num_step = 3  # A typo'd key fails.
+  with pytest.raises(AttributeError):
+    config.no_such_section = 1
+  train.validate_config(config)
+  doc = importlib.import_module(f"configs.{name}").__doc__ or ""
+  assert len(doc) > 200, f"configs/{name}.py needs a docstring citing its numbers"
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_model_builds_with_stated_parameter_count(name):
+  config = _get(name)
+  create_fn, _ = train._state_fns(config, train.build_model(config))
+  state = jax.eval_shape(create_fn, jax.random.PRNGKey(0))
+  assert sum(p.size for p in jax.tree.leaves(state.params)) == PARAMS[name]
+
+
+def test_cifar10_ddpm_is_the_papers_35_7m_unet():
+  config = _get("cifar10_ddpm")
+  assert config.optim.lr == 2e-4 and config.data.batch_size == 128
+  assert config.optim.warmup_steps == 5000 and config.ema.decay == 0.9999
+  assert config.model.dropout == 0.1 and config.train.num_steps == 800_000
+  assert config.optim.grad_clip == 1.0 and config.diffusion.schedule == "linear"
+  assert config.data.random_flip
+
+
+@pytest.mark.parametrize("name", sorted(TFDS))
+def test_tfds_configs_name_their_dataset(name):
+  config = _get(name)
+  assert config.data.source == "tfds"
+  assert (config.data.name, config.data.image_size, config.data.channels) == TFDS[name]
+  if name == "flowers_ddim":
+    assert config.data.crop == "center"
+    assert config.sample.method == "ddim" and config.sample.eta == 0.0
+    assert 50 <= config.sample.num_steps <= 100
+
+
+def test_mnist_reads_the_shared_idx_files_or_tfds():
+  config = _get("mnist_ddpm")
+  assert config.data.source == "files" and os.path.isabs(config.data.data_dir)
+  assert pathlib.Path(config.data.data_dir) == (ROOT / ".." / "shared" / "data" / "mnist").resolve()
+  assert (config.data.image_size, config.data.channels) == (28, 1)
+  config = _get("mnist_ddpm", "source=tfds")
+  assert (config.data.source, config.data.name, config.data.data_dir) == ("tfds", "mnist", "")
+  with pytest.raises(ValueError, match="valid: files, tfds"):
+    _get("mnist_ddpm", "source=digits")
+
+
+def test_score_sde_configs():
+  vp, ve = _get("cifar10_ddpmpp_vp"), _get("cifar10_ncsnpp_ve")
+  for c in (vp, ve):
+    assert c.diffusion.type == "continuous" and c.diffusion.weighting == "sigma2"
+    assert c.sample.method == "predictor_corrector" and c.sample.snr == 0.16
+    assert (c.sample.predictor, c.sample.corrector) == ("reverse_diffusion", "langevin")
+    assert c.model.num_res_blocks == 4 and c.model.skip_rescale and c.model.resblock_updown
+  assert (vp.diffusion.sde, vp.diffusion.beta_min, vp.diffusion.beta_max) == ("vp", 0.1, 20.0)
+  assert (ve.diffusion.sde, ve.diffusion.sigma_min, ve.diffusion.sigma_max) == ("ve", 0.01, 50.0)
+  assert ve.model.embedding == "fourier" and ve.sample.num_steps == 1000
+
+
+def test_ve_network_is_given_sigma_not_t():
+  """With embedding="fourier" the UNet embeds log(input): make_apply_fn must feed sigma(t)."""
+  config = _get("cifar10_ncsnpp_ve")
+  process = train.noise_process(config)
+  assert isinstance(process, sdes.VESDE)
+  seen = {}
+
+  class Recorder:
+    def apply(self, variables, x, t, y, train, rngs):
+      seen["t"] = t
+      return x
+
+  t = jnp.array([0.0, 0.5, 1.0])
+  train.make_apply_fn(Recorder(), config, process)({}, jnp.zeros((3, 2, 2, 3)), t)
+  np.testing.assert_allclose(seen["t"], [0.01, 0.01 * 5000 ** 0.5, 50.0], rtol=1e-5)
+  vp = _get("cifar10_ddpmpp_vp")  # Sinusoidal: t itself (scaled inside the UNet).
+  train.make_apply_fn(Recorder(), vp, train.noise_process(vp))({}, jnp.zeros((3, 2, 2, 3)), t)
+  np.testing.assert_array_equal(seen["t"], t)
+  assert vp.model.time_scale == 999.0
+
+
+def test_variant_changes_exactly_the_named_keys():
+  base = _flat(_get("cifar10_ddpm"))
+  varied = _flat(_get("cifar10_ddpm", "schedule=cosine, sampler=ddim,steps=50,eta=0.5"))
+  changed = {k: (base[k], varied[k]) for k in base if base[k] != varied[k]}
+  assert changed == {"diffusion.schedule": ("linear", "cosine"),
+                     "sample.method": ("ddpm", "ddim"), "sample.num_steps": (1000, 50),
+                     "sample.eta": (0.0, 0.5)}
+  assert isinstance(varied["sample.num_steps"], int)
+  assert _flat(_get("cifar10_ddpm", "")) == base
+
+
+def test_digits_preset_is_the_ddpm_variant():
+  config = _get("digits_ddpm", "ddpm")
+  assert (config.sample.method, config.sample.num_steps) == ("ddpm", 1000)
+  assert _flat(config) == _flat(_get("digits_ddpm", "sampler=ddpm,steps=1000"))
+
+
+def test_bad_variants_error_with_the_valid_keys():
+  with pytest.raises(ValueError, match="unknown variant key 'schedul'.*valid keys: .*schedule"):
+    _get("cifar10_ddpm", "schedul=cosine")
+  with pytest.raises(ValueError, match="sample.num_steps is not a int"):
+    _get("cifar10_ddpm", "steps=fifty")
+  with pytest.raises(ValueError, match="given twice"):
+    _get("smoke", "steps=2,steps=3")
+  with pytest.raises(ValueError, match="preset.*ddpm"):
+    _get("digits_ddpm", "ddim")
+  with pytest.raises(ValueError, match="key=value"):
+    _get("flowers_ddim", "ddpm")
+
+
+def test_apply_variant_converts_types():
+  config = default.get_config()
+  default.apply_variant(config, "lr=1e-3,seed=7", source="t")
+  assert config.optim.lr == 1e-3 and config.seed == 7 and isinstance(config.seed, int)
+  default.apply_variant(config, "flip=true", {"flip": "data.random_flip"})
+  assert config.data.random_flip is True
+  with pytest.raises(ValueError, match="not a bool"):
+    default.apply_variant(config, "flip=maybe", {"flip": "data.random_flip"})
+
+
+def test_any_linear_discrete_model_takes_every_sampler():
+  for method in ("euler_maruyama", "predictor_corrector", "probability_flow", "ddim"):
+    train.validate_config(_get("cifar10_ddpm", f"sampler={method}"))
+  config = _get("cifar10_ddpm", "sampler=euler_maruyama")
+  sde = train.sampler_process(config, train.noise_process(config))
+  assert isinstance(sde, sdes.VPSDE)
+  np.testing.assert_allclose([sde.beta_min, sde.beta_max], [0.1, 20.0], rtol=1e-5)
+  with pytest.raises(ValueError, match="diffusion.schedule='cosine'.*ddpm, ddim"):
+    train.validate_config(_get("cifar10_ddpm", "schedule=cosine,sampler=probability_flow"))
+  with pytest.raises(ValueError, match="discrete-time sampler.*euler_maruyama"):
+    train.validate_config(_get("cifar10_ddpmpp_vp", "sampler=ddim"))
