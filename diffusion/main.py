@@ -26,7 +26,7 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from diffusion import train  # noqa: E402
+from diffusion import sampling, train  # noqa: E402
 
 MODES = ("train", "sample", "eval")
 
@@ -46,7 +46,7 @@ def main(argv):
   if mode == "train":
     train.train_and_evaluate(config, workdir)
   elif mode == "sample":
-    train.sample(config, workdir)
+    sampling.sample(config, workdir)
   else:
     raise app.UsageError("--mode=eval is not implemented yet; valid now: train, sample")
 

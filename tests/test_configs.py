@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from diffusion import sdes, train
+from diffusion import experiment, sampling, sdes
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem != "__init__")
@@ -67,7 +67,7 @@ def test_config_loads_locked_and_valid(name):
     config.train.num_step = 3  # A typo'd key fails.
   with pytest.raises(AttributeError):
     config.no_such_section = 1
-  train.validate_config(config)
+  experiment.validate_config(config)
   doc = importlib.import_module(f"configs.{name}").__doc__ or ""
   assert len(doc) > 200, f"configs/{name}.py needs a docstring citing its numbers"
 
@@ -75,7 +75,7 @@ def test_config_loads_locked_and_valid(name):
 @pytest.mark.parametrize("name", sorted(PARAMS))
 def test_model_builds_with_stated_parameter_count(name):
   config = _get(name)
-  create_fn, _ = train._state_fns(config, train.build_model(config))
+  create_fn, _ = experiment.state_fns(config, experiment.build_model(config))
   state = jax.eval_shape(create_fn, jax.random.PRNGKey(0))
   assert sum(p.size for p in jax.tree.leaves(state.params)) == PARAMS[name]
 
@@ -126,7 +126,7 @@ def test_score_sde_configs():
 def test_ve_network_is_given_sigma_not_t():
   """With embedding="fourier" the UNet embeds log(input): make_apply_fn must feed sigma(t)."""
   config = _get("cifar10_ncsnpp_ve")
-  process = train.noise_process(config)
+  process = experiment.noise_process(config)
   assert isinstance(process, sdes.VESDE)
   seen = {}
 
@@ -136,10 +136,10 @@ def test_ve_network_is_given_sigma_not_t():
       return x
 
   t = jnp.array([0.0, 0.5, 1.0])
-  train.make_apply_fn(Recorder(), config, process)({}, jnp.zeros((3, 2, 2, 3)), t)
+  experiment.make_apply_fn(Recorder(), config, process)({}, jnp.zeros((3, 2, 2, 3)), t)
   np.testing.assert_allclose(seen["t"], [0.01, 0.01 * 5000 ** 0.5, 50.0], rtol=1e-5)
   vp = _get("cifar10_ddpmpp_vp")  # Sinusoidal: t itself (scaled inside the UNet).
-  train.make_apply_fn(Recorder(), vp, train.noise_process(vp))({}, jnp.zeros((3, 2, 2, 3)), t)
+  experiment.make_apply_fn(Recorder(), vp, experiment.noise_process(vp))({}, jnp.zeros((3, 2, 2, 3)), t)
   np.testing.assert_array_equal(seen["t"], t)
   assert vp.model.time_scale == 999.0
 
@@ -186,12 +186,12 @@ def test_apply_variant_converts_types():
 
 def test_any_linear_discrete_model_takes_every_sampler():
   for method in ("euler_maruyama", "predictor_corrector", "probability_flow", "ddim"):
-    train.validate_config(_get("cifar10_ddpm", f"sampler={method}"))
+    experiment.validate_config(_get("cifar10_ddpm", f"sampler={method}"))
   config = _get("cifar10_ddpm", "sampler=euler_maruyama")
-  sde = train.sampler_process(config, train.noise_process(config))
+  sde = sampling.sampler_process(config, experiment.noise_process(config))
   assert isinstance(sde, sdes.VPSDE)
   np.testing.assert_allclose([sde.beta_min, sde.beta_max], [0.1, 20.0], rtol=1e-5)
   with pytest.raises(ValueError, match="diffusion.schedule='cosine'.*ddpm, ddim"):
-    train.validate_config(_get("cifar10_ddpm", "schedule=cosine,sampler=probability_flow"))
+    experiment.validate_config(_get("cifar10_ddpm", "schedule=cosine,sampler=probability_flow"))
   with pytest.raises(ValueError, match="discrete-time sampler.*euler_maruyama"):
-    train.validate_config(_get("cifar10_ddpmpp_vp", "sampler=ddim"))
+    experiment.validate_config(_get("cifar10_ddpmpp_vp", "sampler=ddim"))

@@ -29,7 +29,7 @@ from PIL import Image
 import pytest
 
 from configs import smoke
-from diffusion import checkpoint, data, train, visualize, writers
+from diffusion import checkpoint, data, experiment, sampling, train, visualize, writers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -171,9 +171,9 @@ def test_discrete_model_samples_with_euler_maruyama(runs, tmp_path):
   shutil.copytree(runs["full"], workdir, ignore=shutil.ignore_patterns("samples"))
   config = smoke.get_config("sampler=euler_maruyama,steps=10")
   config.sample.gif_frames = 5
-  sde = train.sampler_process(config, train.noise_process(config))
+  sde = sampling.sampler_process(config, experiment.noise_process(config))
   np.testing.assert_allclose([sde.beta_min, sde.beta_max], [0.01, 2.0], rtol=1e-5)
-  png = train.sample(config, str(workdir))
+  png = sampling.sample(config, str(workdir))
   with np.load(workdir / "samples" / "final_000006.npz") as f:
     images = f["images"]
   assert images.shape == (4, 8, 8, 1) and np.isfinite(images).all() and images.std() > 0.05
@@ -181,7 +181,7 @@ def test_discrete_model_samples_with_euler_maruyama(runs, tmp_path):
     assert gif.n_frames == 5 and gif.size == im.size
   config = smoke.get_config("schedule=cosine,sampler=euler_maruyama")
   with pytest.raises(ValueError, match="diffusion.schedule='cosine'"):
-    train.sample(config, str(workdir))
+    sampling.sample(config, str(workdir))
 
 
 def _wait_for_rows(workdir, n, proc, timeout=120.0):
@@ -326,7 +326,7 @@ def test_image_grid_layout():
 
 
 def test_non_finite_step_is_reported_with_its_number():
-  from diffusion import parallel, train
+  from diffusion import parallel
   ok = {"finite": np.float32(1.0), "loss": np.float32(0.5), "grad_norm": np.float32(1.0)}
   bad = {"finite": np.float32(0.0), "loss": np.float32(np.nan), "grad_norm": np.float32(1.0)}
   assert train._host_metrics([(4, ok), (5, ok)])["loss"].tolist() == [0.5, 0.5]
