@@ -132,9 +132,9 @@ def get_config(arg=None):
   # optionally "label" (or "y"). Unused for "digits".
   data.data_dir = ""
   data.split = "train"  # "train" | "test" (MNIST idx: t10k-*); digits/npz have one split.
-  # H = W of the images. "digits"/"files" must match; "tfds" resizes (after the crop below).
+  # H = W of the images; larger stored images are (cropped, see below, and) shrunk to it, never enlarged.
   data.image_size = 32
-  data.channels = 3  # C of the images; must match the dataset.
+  data.channels = 3  # C of the images; gray <-> RGB is converted, anything else is an error.
   # "none" | "center": crop the largest central square before resizing to
   # image_size (tfds / image folders with non-square images, e.g. oxford_flowers102).
   data.crop = "none"
@@ -248,11 +248,11 @@ def get_config(arg=None):
 
   # ----------------------------------------------------------------- wandb
   config.wandb = wb = ml_collections.ConfigDict()
-  wb.mode = "disabled"  # "disabled" | "offline" | "online" (only "disabled" so far).
+  wb.mode = "disabled"  # "disabled" | "offline" | "online" (offline: workdir/wandb/, upload with `wandb sync`).
   wb.project = "diffusion"
   wb.group = ""  # Groups the runs of one ablation.
   wb.tags = ()  # Run tags.
-  wb.name = ""  # Run name ("" = wandb's default).
+  wb.name = ""  # Run name ("" = the workdir's basename).
 
   config.lock()
   return config
