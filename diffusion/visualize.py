@@ -1,8 +1,16 @@
-"""Image grids as PNG files; reverse-process animations as GIFs.
+"""Image grids as PNG files; reverse-process animations as GIFs; diagnostic figures.
 
     grid = image_grid(samples, nrow=8)     # uint8 [H', W', C]
     save_png("workdir/samples/step_001000.png", grid)
     save_gif("workdir/samples/final_001000.gif", [image_grid(x) for x in xs])
+    save_png("fwd.png", forward_strip(images, {"linear": sched}, rng))   # x_t vs t
+    save_png("traj.png", trajectory_strip(traj["x"], traj["x0"]))       # x_t and x0-hat
+    idx, grid = nearest_neighbours(samples, train_images, k=3)           # memorisation
+    schedule_plot("schedules.png", {"linear": s1, "cosine": s2})         # alpha_bar, logSNR
+
+The figures are pure functions returning uint8 images (`image_grid` layout);
+`schedule_plot` and `save_labelled` draw with matplotlib's Agg canvas (no
+pyplot, no global backend switch).
 
 Tiny images (8x8 digits) are upscaled with nearest-neighbour so every tile is
 at least `min_tile` pixels wide.
@@ -12,8 +20,12 @@ from __future__ import annotations
 import math
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from PIL import Image
+
+from diffusion import schedules
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
@@ -109,3 +121,161 @@ def save_gif(path: str, frames, duration_ms: int = 80, last_frame_ms: int = 1500
   durations = [duration_ms] * (len(images) - 1) + [last_frame_ms]
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0)
+
+
+# --------------------------------------------------------------------------
+# Diagnostic figures.
+# --------------------------------------------------------------------------
+
+
+def forward_timesteps(num_steps: int, fractions) -> np.ndarray:
+  """``t = round(f * (T - 1))`` for each fraction; int32."""
+  return np.round(np.asarray(fractions, np.float64) * (num_steps - 1)).astype(np.int32)
+
+
+def forward_noised(images, scheds: dict, rng, fractions=(0.0, 0.25, 0.5, 0.75, 1.0)) -> np.ndarray:
+  """Float ``x_t`` of `forward_strip`: ``[N, len(scheds), len(fractions), H, W, C]``.
+
+  One noise ``jax.random.normal(rng, images.shape)`` per image, shared by every
+  schedule and fraction, so entries differ only by ``(alpha_bar_t)``.
+  """
+  x0 = jnp.asarray(images, jnp.float32)
+  if x0.ndim != 4:
+    raise ValueError(f"images must be [N, H, W, C], got shape {x0.shape}")
+  if not scheds:
+    raise ValueError("forward_strip needs at least one schedule")
+  noise = jax.random.normal(rng, x0.shape, jnp.float32)
+  n = x0.shape[0]
+  out = [[schedules.q_sample(s, x0, jnp.full((n,), t, jnp.int32), noise)
+          for t in forward_timesteps(s.num_steps, fractions)] for s in scheds.values()]
+  return np.asarray(jnp.stack([jnp.stack(row, 1) for row in out], 1))
+
+
+def forward_strip(images, scheds: dict, rng, fractions=(0.0, 0.25, 0.5, 0.75, 1.0),
+                  **grid_kwargs) -> np.ndarray:
+  """The forward-noising figure: one row per (image, schedule), image-major.
+
+  Columns are ``x_t`` at ``t = round(f * (T - 1))`` for each of `fractions`
+  (see `forward_noised`); values are clipped to [-1, 1]. Returns the uint8
+  `image_grid` with ``nrow = len(fractions)``.
+  """
+  x = forward_noised(images, scheds, rng, fractions)
+  return image_grid(np.clip(x.reshape((-1,) + x.shape[3:]), -1.0, 1.0),
+                    nrow=len(fractions), **grid_kwargs)
+
+
+def trajectory_strip(traj_x, traj_x0, num_columns: int = 8, **grid_kwargs) -> np.ndarray:
+  """Two rows per image, ``x_t`` then the predicted ``x0``, at evenly spaced steps.
+
+  Args:
+    traj_x, traj_x0: ``[S, N, H, W, C]`` (a sampler's ``traj["x"]``, ``traj["x0"]``).
+    num_columns: the most columns (``min(num_columns, S)``, first and last step included).
+  """
+  traj_x, traj_x0 = np.asarray(traj_x), np.asarray(traj_x0)
+  if traj_x.shape != traj_x0.shape or traj_x.ndim != 5:
+    raise ValueError(f"traj_x and traj_x0 must both be [S, N, H, W, C]; got {traj_x.shape} "
+                     f"and {traj_x0.shape}")
+  steps = traj_x.shape[0]
+  idx = np.unique(np.round(np.linspace(0, steps - 1, min(num_columns, steps))).astype(int))
+  pair = np.stack([traj_x[idx], traj_x0[idx]], 0)  # [2, C', N, H, W, C]
+  tiles = pair.transpose(2, 0, 1, 3, 4, 5).reshape((-1,) + traj_x.shape[2:])
+  return image_grid(np.clip(tiles, -1.0, 1.0), nrow=len(idx), **grid_kwargs)
+
+
+def nearest_neighbours(samples, train, k: int = 3, chunk_elems: int = 1 << 24,
+                       **grid_kwargs) -> tuple[np.ndarray, np.ndarray]:
+  """Each sample's `k` nearest training images in pixel L2 (a memorisation check).
+
+  Distances ``|a|^2 - 2 a.b + |b|^2`` in float64, over chunks of the training
+  set of ``~chunk_elems / N`` images (memory ``O(N * chunk)``, never
+  ``O(N * M * D)``); ties go to the lower index.
+
+  Returns:
+    ``(indices int64 [N, k], grid)``: grid rows are a sample then its
+    neighbours, nearest first (``image_grid`` with ``nrow = k + 1``).
+  """
+  samples, train = np.asarray(samples), np.asarray(train)
+  if samples.shape[1:] != train.shape[1:]:
+    raise ValueError(f"samples {samples.shape} and training images {train.shape} differ in "
+                     "[H, W, C]")
+  n, m = len(samples), len(train)
+  if not 1 <= k <= m:
+    raise ValueError(f"k={k} must lie in [1, {m}] (the number of training images)")
+  a = samples.reshape(n, -1).astype(np.float64)
+  a2 = (a * a).sum(1, keepdims=True)
+  best_d = np.full((n, 0), np.inf)
+  best_i = np.zeros((n, 0), np.int64)
+  chunk = max(1, chunk_elems // max(n, 1))
+  for start in range(0, m, chunk):
+    b = train[start:start + chunk].reshape(-1, a.shape[1]).astype(np.float64)
+    d = np.maximum(a2 - 2.0 * a @ b.T + (b * b).sum(1)[None], 0.0)
+    cand_d = np.concatenate([best_d, d], 1)
+    cand_i = np.concatenate([best_i, np.broadcast_to(np.arange(start, start + len(b)), d.shape)], 1)
+    order = np.argsort(cand_d, axis=1, kind="stable")[:, :k]
+    best_d = np.take_along_axis(cand_d, order, 1)
+    best_i = np.take_along_axis(cand_i, order, 1)
+  tiles = np.concatenate([samples[:, None], train[best_i]], 1).reshape((-1,) + samples.shape[1:])
+  return best_i, image_grid(np.clip(tiles, -1.0, 1.0), nrow=k + 1, **grid_kwargs)
+
+
+def _figure(figsize, dpi):
+  from matplotlib.backends.backend_agg import FigureCanvasAgg  # pylint: disable=g-import-not-at-top
+  from matplotlib.figure import Figure  # pylint: disable=g-import-not-at-top
+  fig = Figure(figsize=figsize, dpi=dpi)
+  FigureCanvasAgg(fig)
+  return fig
+
+
+def _save_figure(fig, path: str) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=fig.dpi)
+
+
+def schedule_plot(path: str, scheds: dict, figsize=(10.0, 4.0), dpi: int = 100) -> None:
+  """PNG (``figsize * dpi`` pixels) of alpha_bar(t) and logSNR(t) against t/T per schedule.
+
+  ``logSNR = log(alpha_bar / (1 - alpha_bar))``, with ``1 - alpha_bar`` from
+  `DiscreteSchedule.one_minus_alpha_bars` (no float32 cancellation at small t).
+  """
+  fig = _figure(figsize, dpi)
+  ax_ab, ax_snr = fig.subplots(1, 2)
+  for name, s in scheds.items():
+    ab = np.asarray(s.alpha_bars, np.float64)
+    one_minus = np.asarray(s.one_minus_alpha_bars, np.float64)
+    t = np.arange(s.num_steps) / s.num_steps
+    ax_ab.plot(t, ab, label=name)
+    with np.errstate(divide="ignore"):
+      ax_snr.plot(t, np.log(ab) - np.log(one_minus), label=name)
+  ax_ab.set(xlabel="t / T", ylabel=r"$\bar\alpha_t$", title="signal fraction")
+  ax_snr.set(xlabel="t / T", ylabel=r"logSNR = $\log(\bar\alpha_t / (1 - \bar\alpha_t))$",
+             title="log signal-to-noise ratio")
+  for ax in (ax_ab, ax_snr):
+    ax.grid(alpha=0.3)
+    ax.legend()
+  fig.tight_layout()
+  _save_figure(fig, path)
+
+
+def save_labelled(path: str, grid, row_labels=(), col_labels=(), title: str | None = None,
+                  dpi: int = 100) -> None:
+  """Saves a uint8 `image_grid` with text labels by row and column (matplotlib).
+
+  Labels sit at the centres of ``len(row_labels)`` equal rows and
+  ``len(col_labels)`` equal columns of the grid.
+  """
+  grid = np.asarray(grid)
+  h, w = grid.shape[:2]
+  fig = _figure((w / dpi + 1.6, h / dpi + 0.8), dpi)
+  ax = fig.add_axes([1.4 / (w / dpi + 1.6), 0.2 / (h / dpi + 0.8), w / (w + 1.6 * dpi),
+                     h / (h + 0.8 * dpi)])
+  ax.imshow(grid[..., 0] if grid.ndim == 3 and grid.shape[-1] == 1 else grid, cmap="gray",
+            vmin=0, vmax=255, interpolation="nearest")
+  ax.set_yticks([(i + 0.5) * h / len(row_labels) for i in range(len(row_labels))],
+                list(row_labels))
+  ax.set_xticks([(j + 0.5) * w / len(col_labels) for j in range(len(col_labels))],
+                list(col_labels))
+  ax.xaxis.tick_top()
+  ax.tick_params(length=0, labelsize=9)
+  if title:
+    ax.set_xlabel(title, fontsize=8)
+  _save_figure(fig, path)
