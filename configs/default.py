@@ -246,6 +246,32 @@ def get_config(arg=None):
   sample.clip_denoised = True  # Discrete: clip the x0 estimate to [-1, 1] each step.
   sample.checkpoint_step = config_dict.placeholder(int)  # --mode sample: None = latest.
 
+  # ------------------------------------------------------------------ eval
+  # --mode eval (diffusion/eval_mode.py): FID / KID / IS per sampler, bits/dim.
+  config.eval = ev = ml_collections.ConfigDict()
+  # Sampler specs "name[:key=value,...]", e.g. "ddpm", "ddim:steps=50,eta=0",
+  # "euler_maruyama:steps=1000", "probability_flow:steps=100,ode_method=heun",
+  # "predictor_corrector:steps=1000,corrector=langevin"; keys per sampler in
+  # eval_mode.SPEC_KEYS, unspecified ones from config.sample. () = config.sample's sampler.
+  ev.samplers = ()
+  ev.num_samples = 50_000  # Samples per sampler (N).
+  ev.batch_size = 500  # Images per sampler / feature-extractor / bits-per-dim call.
+  ev.features = "inception"  # "inception" (FID Inception-v3) | "classifier" (diffusion.classify).
+  ev.classifier_path = ""  # features="classifier": a directory written by classify.save.
+  ev.inception_weights = ""  # features="inception": an .npz for models.inception.load_params.
+  # Cached reference statistics ("" = workdir/eval/reference_<features>_<split>.npz).
+  ev.reference_stats = ""
+  ev.reference_split = "train"  # Split the reference statistics come from.
+  ev.reference_num = 0  # Reference images: 0 = one epoch of the split, else the first n.
+  # Feature vectors held in memory per set for KID and precision/recall (O(n^2)).
+  ev.kept_features = 5_000
+  ev.kid_subsets = 100  # KID: random subsets ...
+  ev.kid_subset_size = 1000  # ... of this many vectors (at most the kept ones).
+  ev.is_splits = 10  # Inception Score splits (at most N).
+  ev.bpd = True  # Bits/dim once per model (DDPM bound if discrete, ODE if continuous).
+  ev.bpd_num = 1000  # Images of bpd_split for bits/dim.
+  ev.bpd_split = "test"  # "train" | "test".
+
   # ----------------------------------------------------------------- wandb
   config.wandb = wb = ml_collections.ConfigDict()
   wb.mode = "disabled"  # "disabled" | "offline" | "online" (offline: workdir/wandb/, upload with `wandb sync`).

@@ -40,4 +40,13 @@ def get_config(arg=None):
   config.sample.num_samples = 4
   config.sample.batch_size = 4
   config.sample.grid_size = 4
+
+  config.eval.samplers = ("ddim:steps=4,eta=0", "ddim:steps=4,eta=1")
+  config.eval.num_samples = 20
+  config.eval.batch_size = 10
+  config.eval.features = "classifier"  # tests/test_eval_mode.py sets classifier_path.
+  config.eval.reference_num = 200
+  config.eval.kept_features = 200
+  config.eval.kid_subsets = 10
+  config.eval.bpd_num = 8
   return default.apply_variant(config, arg, source="smoke.py")

@@ -11,8 +11,10 @@
 variant syntax `key=value,...` is `configs.default.apply_variant`'s), and
 `--config.a.b=value` overrides; the config is locked, so unknown keys fail.
 `--mode sample` writes N samples (.npz), a grid (.png) and the reverse
-process (.gif) from a checkpoint; SIGTERM / SIGINT during training save a
-checkpoint and exit 0 (resume with the same command).
+process (.gif) from a checkpoint; `--mode eval` writes FID / KID / IS per
+sampler of `config.eval.samplers` and bits/dim to workdir/eval/results.{json,md}
+(`eval_mode`); SIGTERM / SIGINT during training save a checkpoint and exit 0
+(resume with the same command).
 """
 import os
 import sys
@@ -26,7 +28,7 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from diffusion import sampling, train  # noqa: E402
+from diffusion import eval_mode, sampling, train  # noqa: E402
 
 MODES = ("train", "sample", "eval")
 
@@ -48,7 +50,7 @@ def main(argv):
   elif mode == "sample":
     sampling.sample(config, workdir)
   else:
-    raise app.UsageError("--mode=eval is not implemented yet; valid now: train, sample")
+    eval_mode.evaluate(config, workdir)
 
 
 if __name__ == "__main__":

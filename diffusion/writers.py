@@ -38,7 +38,7 @@ WANDB_ID_FILE = "wandb_id.txt"
 # --config.allow_config_change: they change how long or how verbosely a run
 # trains, or how it samples, not what it trains. A trailing "." is a prefix.
 RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.ckpt_every",
-                  "train.sample_every", "train.keep_checkpoints", "sample.", "wandb.",
+                  "train.sample_every", "train.keep_checkpoints", "sample.", "eval.", "wandb.",
                   "allow_config_change")
 
 

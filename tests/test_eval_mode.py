@@ -1,0 +1,172 @@
+"""`--mode eval` end to end on configs/smoke.py, plus the sampler-spec parser.
+
+One module fixture: trains the smoke model for 2 steps (a `diffusion.main`
+subprocess) while a tiny classifier trains on digits in this process, then
+runs `--mode eval` twice in subprocesses sharing an XLA compile cache (two
+DDIM samplers, 20 samples each, bits/dim on 8 images); before the second run
+one round file is deleted, so only that round is recomputed.
+"""
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import smoke
+from diffusion import classify, data, eval_mode
+from diffusion import evaluate as metrics
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SPECS = ("ddim:steps=4,eta=0", "ddim:steps=4,eta=1")
+
+
+def _main(workdir, cache, *flags):
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+  cmd = [sys.executable, "-m", "diffusion.main", "--config", "configs/smoke.py",
+         "--workdir", str(workdir), *flags]
+  return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+
+
+def _finish(proc):
+  _, stderr = proc.communicate(timeout=600)
+  assert proc.returncode == 0, stderr[-4000:]
+  return stderr
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  root = tmp_path_factory.mktemp("eval")
+  cache, workdir, clf = root / "xla_cache", root / "w", root / "classifier"
+  training = _main(workdir, cache, "--config.train.num_steps=2", "--config.train.sample_every=0")
+  try:
+    config = smoke.get_config().data
+    config.update(dequantize=False, batch_size=1797)
+    batch = next(data.create(config, seed=0))
+    model, params = classify.train(batch["image"], batch["label"], steps=50, batch_size=64,
+                                   lr=3e-3, channels=(8, 16), features=32)
+    classify.save(str(clf), model, params, {"note": "test_eval_mode"})
+  finally:
+    _finish(training)
+  flag = f"--config.eval.classifier_path={clf}"
+  first = _finish(_main(workdir, cache, "--mode=eval", flag))
+  rounds = workdir / "eval" / "rounds"
+  mtimes = {p.name: p.stat().st_mtime_ns for p in rounds.glob("*.json")}
+  results_first = json.loads((workdir / "eval" / "results.json").read_text())
+  (rounds / (eval_mode.spec_filename(SPECS[1]) + ".json")).unlink()
+  second = _finish(_main(workdir, cache, "--mode=eval", flag))
+  return {"workdir": workdir, "first": first, "second": second, "mtimes": mtimes,
+          "results_first": results_first,
+          "results": json.loads((workdir / "eval" / "results.json").read_text())}
+
+
+def test_results_have_one_row_per_sampler(run):
+  results = run["results"]
+  assert [r["spec"] for r in results["rounds"]] == list(SPECS)
+  assert results["step"] == 2 and results["features"] == "classifier"
+  for r in results["rounds"]:
+    assert r["steps"] == 4 and r["nfe"] == 4 and r["num_samples"] == 20
+    assert r["fid"] >= 0.0 and np.isfinite(r["kid"])
+    assert 1.0 <= r["inception_score"] <= 10.0
+    assert r["time_s"] > 0.0 and r["compile_s"] > 0.0
+  assert results["rounds"][0]["settings"]["eta"] == 0.0
+  assert results["rounds"][1]["settings"]["eta"] == 1.0
+  md = (run["workdir"] / "eval" / "results.md").read_text()
+  assert "| sampler | steps | NFE | FID | KID (x1e3) | IS | time (s) |" in md
+  assert sum(line.startswith("| `ddim:steps=4") for line in md.splitlines()) == 2
+  assert "bits/dim" in md
+
+
+def test_fid_is_the_distance_of_the_saved_statistics(run):
+  ev = run["workdir"] / "eval"
+  with np.load(ev / "reference_classifier_train.npz") as f:
+    ref = metrics.FeatureStats.from_arrays(dict(f))
+    assert f["features"].shape == (200, 32)  # kept_features=200 of the 200 references.
+  assert ref.count == 200
+  assert metrics.fid(ref, ref) == pytest.approx(0.0, abs=1e-8)
+  for r in run["results"]["rounds"]:
+    with np.load(ev / "rounds" / (eval_mode.spec_filename(r["spec"]) + "_stats.npz")) as f:
+      stats = metrics.FeatureStats.from_arrays(dict(f))
+    assert stats.count == 20
+    assert metrics.fid(stats, ref) == pytest.approx(r["fid"], rel=1e-9, abs=1e-12)
+
+
+def test_killed_eval_resumes_with_only_the_missing_round(run):
+  kept, redone = (eval_mode.spec_filename(s) + ".json" for s in SPECS)
+  rounds = run["workdir"] / "eval" / "rounds"
+  assert (rounds / kept).stat().st_mtime_ns == run["mtimes"][kept]
+  assert (rounds / redone).stat().st_mtime_ns != run["mtimes"][redone]
+  assert f"eval: skipping {SPECS[0]}" in run["second"]
+  assert f"eval: sampling 20 images with {SPECS[1]}" in run["second"]
+  assert f"eval: sampling 20 images with {SPECS[0]}" not in run["second"]
+  assert "skipping bits/dim" in run["second"]
+  # Deterministic given the seed and the spec: the recomputed round is the same.
+  before, after = run["results_first"]["rounds"][1], run["results"]["rounds"][1]
+  for key in ("fid", "kid", "inception_score"):
+    assert after[key] == pytest.approx(before[key], rel=1e-6)
+
+
+def test_bits_per_dim_once_per_model(run):
+  bpd = run["results"]["bpd"]
+  assert bpd["method"] == "ddpm_vlb" and "no dequantisation" in bpd["description"]
+  assert bpd["num_images"] == 8 and bpd["split"] == "test" and bpd["num_bins"] == 17
+  assert 0.0 < bpd["bits_per_dim"] < 100.0
+  assert run["first"].count("eval: bits/dim on 8 test images") == 1
+
+
+# --------------------------------------------------------------------------
+# Pieces (in process, fast).
+# --------------------------------------------------------------------------
+
+
+def test_parse_sampler_spec():
+  assert eval_mode.parse_sampler_spec("ddpm") == ("ddpm", {})
+  assert eval_mode.parse_sampler_spec("ddim:steps=50,eta=0") == (
+      "ddim", {"num_steps": 50, "eta": 0.0})
+  assert eval_mode.parse_sampler_spec(" probability_flow: steps=100, ode_method=heun") == (
+      "probability_flow", {"num_steps": 100, "ode_method": "heun"})
+  assert eval_mode.parse_sampler_spec(
+      "predictor_corrector:steps=1000,corrector=langevin,corrector_steps=2,snr=0.1") == (
+      "predictor_corrector", {"num_steps": 1000, "corrector": "langevin", "corrector_steps": 2,
+                              "snr": 0.1})
+  assert eval_mode.parse_sampler_spec("ddpm:clip=false") == ("ddpm", {"clip_denoised": False})
+  with pytest.raises(ValueError, match=r"'ddim:steps=5,temp=1'.*'temp'.*steps, eta, clip"):
+    eval_mode.parse_sampler_spec("ddim:steps=5,temp=1")
+  with pytest.raises(ValueError, match="unknown sampler 'heun'.*ddpm, ddim"):
+    eval_mode.parse_sampler_spec("heun:steps=5")
+  with pytest.raises(ValueError, match="steps='ten' is not a int"):
+    eval_mode.parse_sampler_spec("ddim:steps=ten")
+  with pytest.raises(ValueError, match="not key=value"):
+    eval_mode.parse_sampler_spec("ddim:steps")
+  with pytest.raises(ValueError, match="given twice"):
+    eval_mode.parse_sampler_spec("ddim:steps=4,steps=5")
+  assert eval_mode.spec_filename("ddim:steps=50,eta=0") == "ddim_steps-50_eta-0"
+  config = smoke.get_config()
+  for spec, n in (("ddpm", 100), ("ddim:steps=7", 7), ("probability_flow:steps=10", 20),
+                  ("probability_flow:ode_method=rk45", None),
+                  ("predictor_corrector:steps=10,corrector_steps=2", 30)):
+    assert eval_mode.nfe(eval_mode.sampler_config(config, spec)) == n, spec
+
+
+def test_errors_come_before_any_compute(tmp_path):
+  config = smoke.get_config()
+  config.eval.classifier_path = str(tmp_path / "none")
+  with pytest.raises(FileNotFoundError, match="config.eval.classifier_path.*classify.train"):
+    eval_mode.evaluate(config, str(tmp_path / "w"))
+  config.eval.features, config.eval.inception_weights = "inception", str(tmp_path / "x.npz")
+  with pytest.raises(FileNotFoundError, match="config.eval.inception_weights"):
+    eval_mode.evaluate(config, str(tmp_path / "w"))
+  config.eval.samplers = ("ddim:steps=4,etta=1",)
+  with pytest.raises(ValueError, match="unknown key 'etta'"):
+    eval_mode.evaluate(config, str(tmp_path / "w"))
+  config.diffusion.type, config.diffusion.prediction = "continuous", "eps"
+  config.diffusion.weighting = "sigma2"
+  config.eval.samplers = ("ddpm",)
+  with pytest.raises(ValueError, match="'ddpm' does not fit this model.*discrete-time sampler"):
+    eval_mode.evaluate(config, str(tmp_path / "w"))
+  assert not (tmp_path / "w").exists()
