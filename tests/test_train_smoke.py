@@ -29,7 +29,7 @@ from PIL import Image
 import pytest
 
 from configs import smoke
-from diffusion import checkpoint, data, experiment, sampling, train, visualize, writers
+from diffusion import checkpoint, experiment, sampling, train, visualize, writers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -244,77 +244,6 @@ def test_unknown_config_key_fails(tmp_path):
 # --------------------------------------------------------------------------
 # Pieces (in process, fast).
 # --------------------------------------------------------------------------
-
-
-def test_digits_batches_and_resumable_order():
-  config = smoke.get_config().data
-  it = data.create(config, seed=3)
-  first = [next(it) for _ in range(3)]
-  b = first[0]
-  assert b["image"].shape == (16, 8, 8, 1) and b["image"].dtype == np.float32
-  assert b["label"].shape == (16,) and b["label"].dtype == np.int32
-  assert -1.0 <= b["image"].min() and b["image"].max() < 1.0
-  state = it.get_state()
-  assert state == {"epoch": 0, "position": 3}
-  expected = [next(it) for _ in range(2)]
-  again = data.create(config, seed=3)
-  again.set_state(json.loads(json.dumps(state)))
-  for e in expected:
-    got = next(again)
-    np.testing.assert_array_equal(got["image"], e["image"])
-    np.testing.assert_array_equal(got["label"], e["label"])
-  other = next(data.create(config, seed=4))
-  assert not np.array_equal(other["label"], first[0]["label"])
-
-
-def test_epochs_are_reshuffled_and_complete():
-  config = smoke.get_config().data
-  config.dequantize = False
-  config.batch_size = 599  # 1797 = 3 * 599: an epoch is exactly 3 batches.
-  it = data.create(config, seed=0)
-  epoch0 = np.concatenate([next(it)["label"] for _ in range(3)])
-  assert it.get_state() == {"epoch": 1, "position": 0}
-  epoch1 = np.concatenate([next(it)["label"] for _ in range(3)])
-  assert np.bincount(epoch0).tolist() == np.bincount(epoch1).tolist()
-  assert not np.array_equal(epoch0, epoch1)
-  images = next(it)["image"]  # Not dequantised: exactly k / 16 mapped to [-1, 1].
-  np.testing.assert_array_equal((images + 1) / 2 * 16, np.round((images + 1) / 2 * 16))
-
-
-def test_mnist_idx_files(tmp_path):
-  import gzip
-  imgs = np.arange(5 * 28 * 28, dtype=np.uint8).reshape(5, 28, 28)
-  header = bytes([0, 0, 8, 3]) + b"".join(d.to_bytes(4, "big") for d in (5, 28, 28))
-  with gzip.open(tmp_path / "train-images-idx3-ubyte.gz", "wb") as f:
-    f.write(header + imgs.tobytes())
-  with open(tmp_path / "train-labels-idx1-ubyte", "wb") as f:
-    f.write(bytes([0, 0, 8, 1]) + (5).to_bytes(4, "big") + bytes([3, 1, 4, 1, 5]))
-  config = smoke.get_config().data
-  config.update(source="files", data_dir=str(tmp_path), image_size=28, batch_size=5,
-                dequantize=False)
-  batch = next(data.create(config, seed=0))
-  assert sorted(batch["label"].tolist()) == [1, 1, 3, 4, 5]
-  got = np.rint((batch["image"][..., 0] + 1) / 2 * 255).astype(np.uint8)
-  assert {g.tobytes() for g in got} == {i.tobytes() for i in imgs}
-
-
-def test_data_errors_name_the_problem(tmp_path):
-  config = smoke.get_config().data
-  config.source = "tfds"
-  with pytest.raises(ValueError, match="source='digits'.*source='files'"):
-    data.create(config, seed=0)
-  config.source = "imagenet"
-  with pytest.raises(ValueError, match="digits, files, tfds"):
-    data.create(config, seed=0)
-  config.update(source="files", data_dir=str(tmp_path))
-  with pytest.raises(FileNotFoundError, match="train-images-idx3-ubyte"):
-    data.create(config, seed=0)
-  config.data_dir = str(tmp_path / "nope.npz")
-  with pytest.raises(FileNotFoundError, match="nope.npz"):
-    data.create(config, seed=0)
-  config.update(source="digits", image_size=28)
-  with pytest.raises(ValueError, match="image_size=28.*8x8"):
-    data.create(config, seed=0)
 
 
 def test_image_grid_layout():
