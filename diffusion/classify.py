@@ -94,3 +94,80 @@ def load(path: str):
   with ocp.StandardCheckpointer() as ckpt:
     params = ckpt.restore(os.path.join(path, "params"))
   return model, params, meta
+
+
+# --------------------------------------------------------------------------
+# Command line: train the feature classifier on an experiment's dataset.
+# --------------------------------------------------------------------------
+
+
+def dataset_arrays(data_config, split: str, batch_size: int = 1000):
+  """One epoch of ``data_config`` (with ``split``) as arrays ``([N, H, W, C], [N])``.
+
+  No flips, no dequantisation; an epoch's last partial batch (fewer than
+  ``batch_size`` examples) is dropped by the data iterator.
+  """
+  from diffusion import data  # pylint: disable=g-import-not-at-top
+
+  cfg = data_config.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.split, cfg.random_flip, cfg.dequantize, cfg.batch_size = split, False, False, batch_size
+  it = data.create(cfg, seed=0)
+  images, labels = [], []
+  while not images or it.get_state()["epoch"] == 0:
+    batch = next(it)
+    images.append(batch["image"])
+    labels.append(batch["label"])
+  return np.concatenate(images), np.concatenate(labels)
+
+
+def main(argv=None) -> dict:
+  """``python -m diffusion.classify --config configs/mnist_ddpm.py --out DIR``.
+
+  Trains the classifier on the config's training data, measures test accuracy
+  on ``--test_split`` (or, with ``--test_split=''``, on a held-out
+  ``--holdout`` fraction of the training data, e.g. for digits) and saves it
+  where ``--config.eval.classifier_path`` can point.
+  """
+  import argparse  # pylint: disable=g-import-not-at-top
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  p = argparse.ArgumentParser(description=main.__doc__)
+  p.add_argument("--config", required=True, help="experiment config file (its data section is used)")
+  p.add_argument("--out", required=True, help="directory to save the classifier in")
+  p.add_argument("--steps", type=int, default=2000)
+  p.add_argument("--batch_size", type=int, default=128)
+  p.add_argument("--lr", type=float, default=2e-3)
+  p.add_argument("--test_split", default="test")
+  p.add_argument("--holdout", type=float, default=0.15)
+  p.add_argument("--data_batch", type=int, default=1000, help="read batch size (a divisor of N keeps every example)")
+  args = p.parse_args(argv)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  sys.path.insert(0, root)
+  if not os.path.exists(args.config):
+    p.error(f"--config {args.config} does not exist")
+  spec = importlib.util.spec_from_file_location("experiment_config", args.config)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  data_config = module.get_config().data
+  x, y = dataset_arrays(data_config, data_config.split, args.data_batch)
+  if args.test_split:
+    x_test, y_test = dataset_arrays(data_config, args.test_split, args.data_batch)
+  else:
+    perm = np.random.default_rng(0).permutation(len(y))
+    cut = int(len(y) * (1 - args.holdout))
+    x, y, x_test, y_test = x[perm[:cut]], y[perm[:cut]], x[perm[cut:]], y[perm[cut:]]
+  model, params = train(x, y, num_classes=int(y.max()) + 1, steps=args.steps,
+                        batch_size=args.batch_size, lr=args.lr)
+  acc = accuracy(model, params, x_test, y_test)
+  info = {"test_accuracy": acc, "num_train": int(len(y)), "num_test": int(len(y_test)),
+          "steps": args.steps, "config": os.path.abspath(args.config),
+          "test": args.test_split or f"holdout {args.holdout}"}
+  save(args.out, model, params, info)
+  print(json.dumps(info))
+  return info
+
+
+if __name__ == "__main__":
+  main()
