@@ -30,7 +30,9 @@ class Checkpointer:
     self.directory = os.path.abspath(directory)
     self._manager = ocp.CheckpointManager(
         self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "data": ocp.JsonCheckpointHandler()})
 
   def all_steps(self) -> list[int]:
     """The steps of the checkpoints on disk, ascending."""
@@ -53,8 +55,11 @@ class Checkpointer:
     Args:
       step: a step from `all_steps()`.
       target: a state of the checkpointed structure (arrays or
-        ShapeDtypeStructs with shardings); only its metadata is used. None
-        restores the saved tree as nested dicts (for inspection).
+        ShapeDtypeStructs with shardings); only its metadata is used. With
+        several processes, its shardings must span all of them (e.g.
+        replicated on the global mesh). None restores the saved tree as nested
+        dicts on the first local device (for inspection; whatever the devices
+        and processes that saved it).
 
     Returns:
       ``(state, data_state)``.
@@ -62,7 +67,13 @@ class Checkpointer:
     if step not in self._manager.all_steps():
       raise FileNotFoundError(
           f"no checkpoint for step {step} in {self.directory}; available: {self.all_steps()}")
-    abstract = None if target is None else jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+    if target is None:
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      metadata = self._manager.item_metadata(int(step))["state"]
+      abstract = jax.tree.map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), metadata)
+    else:
+      abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     restored = self._manager.restore(int(step), args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
     return restored["state"], dict(restored["data"] or {})

@@ -69,10 +69,13 @@ def validate_config(config) -> None:
     if value < (0 if key == "sample_every" else 1) or value % k:
       raise ValueError(f"config.train.{key}={value} must be a positive multiple of "
                        f"config.train.steps_per_call={k}" + (" (or 0)" if key == "sample_every" else ""))
-  n = jax.local_device_count()
+  n = jax.device_count()
   if config.data.batch_size % n:
     raise ValueError(f"config.data.batch_size={config.data.batch_size} is not divisible by "
-                     f"the {n} local devices")
+                     f"the {n} devices ({jax.process_count()} processes)")
+  if jax.process_count() > 1 and tc.parallel != "jit":
+    raise ValueError(f"config.train.parallel={tc.parallel!r} runs on one process; with "
+                     f"{jax.process_count()} processes use 'jit'")
   for key in ("num_samples", "batch_size", "grid_size", "gif_frames"):
     if s[key] < 1:
       raise ValueError(f"config.sample.{key}={s[key]} must be >= 1")
@@ -160,9 +163,14 @@ def keys(config):
   return jax.random.split(jax.random.PRNGKey(config.seed))
 
 
-def abstract_state(create_fn, key):
-  """The state's ShapeDtypeStructs on the first local device (a restore target)."""
-  sharding = SingleDeviceSharding(jax.local_devices()[0])
+def abstract_state(create_fn, key, sharding=None):
+  """The state's ShapeDtypeStructs (a restore target) with `sharding`.
+
+  Default: the first local device. With several processes, pass a replicated
+  sharding of the global mesh (``NamedSharding(mesh, P())``): Orbax restores
+  collectively, into arrays that span every process.
+  """
+  sharding = SingleDeviceSharding(jax.local_devices()[0]) if sharding is None else sharding
   return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
                       jax.eval_shape(create_fn, key))
 

@@ -10,6 +10,11 @@
 `--config` takes `file.py` or `file.py:variant` (passed to `get_config`; the
 variant syntax `key=value,...` is `configs.default.apply_variant`'s), and
 `--config.a.b=value` overrides; the config is locked, so unknown keys fail.
+Multi-host: `--coordinator_address`, `--num_processes` and `--process_id`
+start `jax.distributed` explicitly (`launch.sh multiprocess` on one machine);
+without them it starts when the environment names a cluster
+(`parallel.initialize_distributed`: a TPU pod, SLURM, JAX_COORDINATOR_ADDRESS
+or DIFFUSION_DISTRIBUTED=1), before anything touches JAX's devices.
 `--mode sample` writes N samples (.npz), a grid (.png) and the reverse
 process (.gif) from a checkpoint; `--mode eval` writes FID / KID / IS per
 sampler of `config.eval.samplers` and bits/dim to workdir/eval/results.{json,md}
@@ -28,7 +33,7 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from diffusion import eval_mode, sampling, train  # noqa: E402
+from diffusion import eval_mode, parallel, sampling, train  # noqa: E402
 
 MODES = ("train", "sample", "eval")
 
@@ -36,6 +41,13 @@ _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (file.py or file.py:variant).", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and samples.")
 _MODE = flags.DEFINE_enum("mode", "train", MODES, "What to do in the workdir.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "host:port of process 0's coordinator (multi-process).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, from 0.")
+_HEARTBEAT = flags.DEFINE_integer(
+    "heartbeat_timeout", 30, "Seconds after which the other processes of a multi-process "
+    "run give up on one that stopped answering (they exit with an error).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -44,6 +56,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                                  heartbeat_timeout_seconds=_HEARTBEAT.value)
   config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
   if mode == "train":
     train.train_and_evaluate(config, workdir)

@@ -12,8 +12,18 @@ the same numbers. Host-side layouts (``B`` = global batch, ``n`` = devices,
   jit    global arrays, replicated      ``[B, ...]`` sharded   ``[k, B, ...]``
 
 `CompiledStep.replicate`, `.shard_batch` and `.unreplicate` convert to and
-from these layouts; `shard_batch` always takes the global ``[B, ...]`` (or
-``[k, B, ...]``) host batch. Metrics come back without a device axis in both
+from these layouts; `shard_batch` takes this process's host batch: with one
+process the global ``[B, ...]`` (or ``[k, B, ...]``) batch.
+
+Multi-host (jit mode only): `initialize_distributed` starts
+``jax.distributed``; the mesh spans ``jax.devices()`` (every device of every
+process, process by process), each process passes its own contiguous
+``B / process_count`` slice of the global batch to `shard_batch` (as
+`data.create` yields it), which assembles the global ``[B, ...]`` array with
+``jax.make_array_from_process_local_data``; the state is a global array
+replicated on every device. ``lax.axis_index('data')`` is the global device
+index, so the per-device keys of the step are distinct across processes and
+the numbers equal those of one process with as many devices. Metrics come back without a device axis in both
 modes: scalars ``[]``, or ``[k]`` (one value per step) when ``k > 1``.
 
 Mixed precision: with ``precision="bfloat16"`` the parameters stay float32
@@ -25,6 +35,7 @@ params' dtype (float32), so the optimizer and the EMA run in float32.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable, Mapping
 
 import jax
@@ -61,9 +72,79 @@ def compute_dtype(name: str):
 
 
 def make_mesh(devices=None) -> Mesh:
-  """A 1-D mesh over axis 'data' (all devices by default), Auto axis type."""
-  devices = jax.devices() if devices is None else list(devices)
-  return Mesh(np.asarray(devices), (AXIS,))
+  """A 1-D mesh over axis 'data', Auto axis type.
+
+  By default all devices of all processes, ordered by (process, id), so that
+  process ``p`` holds the ``p``-th contiguous slice of every global batch.
+  """
+  if devices is None:
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+  return Mesh(np.asarray(list(devices)), (AXIS,))
+
+
+# Environment variables that say "this is one worker of a multi-process job".
+DISTRIBUTED_ENV = ("JAX_COORDINATOR_ADDRESS", "DIFFUSION_DISTRIBUTED")
+
+
+def _cluster_detected(environ) -> str | None:
+  """The reason to auto-initialize `jax.distributed`, or None (one process)."""
+  for name in DISTRIBUTED_ENV:
+    if environ.get(name) not in (None, "", "0"):
+      return name
+  if int(environ.get("SLURM_NTASKS", "1") or 1) > 1 and "SLURM_JOB_ID" in environ:
+    return "SLURM_NTASKS"
+  for name in ("TPU_PROCESS_ADDRESSES", "TPU_WORKER_HOSTNAMES"):
+    if len([h for h in environ.get(name, "").split(",") if h]) > 1:
+      return name
+  return None
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None, *,
+                           heartbeat_timeout_seconds: int = 30,
+                           initialization_timeout: int = 300,
+                           environ=None) -> bool:
+  """Starts ``jax.distributed`` when this is one process of several.
+
+  Call it before anything else touches JAX's devices. It initializes when
+
+  - any argument is given (explicit: all three are then required, e.g.
+    ``launch.sh multiprocess`` on one machine); or
+  - the environment names a cluster, and then calls
+    ``jax.distributed.initialize()`` without arguments so that JAX detects
+    the rest: ``JAX_COORDINATOR_ADDRESS`` (with ``JAX_NUM_PROCESSES`` and
+    ``JAX_PROCESS_ID``), a SLURM job with ``SLURM_NTASKS > 1``, a TPU pod
+    whose ``TPU_WORKER_HOSTNAMES`` / ``TPU_PROCESS_ADDRESSES`` lists several
+    workers, or ``DIFFUSION_DISTRIBUTED=1`` (any environment JAX
+    auto-detects, e.g. a TPU VM pod through its metadata server: `launch.sh
+    tpu` sets it).
+
+  Otherwise it does nothing (a single process). CPU collectives use gloo.
+
+  A process that dies is noticed by the others within about
+  `heartbeat_timeout_seconds` (JAX's coordination service then terminates
+  them with an error) or at once, when a collective loses its peer.
+
+  Returns:
+    True if ``jax.distributed`` was initialized here.
+  """
+  environ = os.environ if environ is None else environ
+  explicit = [v is not None for v in (coordinator_address, num_processes, process_id)]
+  if any(explicit) and not all(explicit):
+    raise ValueError(
+        "multi-process needs all of coordinator_address, num_processes and process_id "
+        f"(got {coordinator_address!r}, {num_processes!r}, {process_id!r}); give none "
+        "of them to detect a cluster from the environment")
+  if not any(explicit) and _cluster_detected(environ) is None:
+    return False
+  if all(explicit) and not 0 <= process_id < num_processes:
+    raise ValueError(f"process_id={process_id} is not in [0, num_processes={num_processes})")
+  jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                             initialization_timeout=initialization_timeout,
+                             heartbeat_timeout_seconds=heartbeat_timeout_seconds)
+  return True
 
 
 # --------------------------------------------------------------------------
@@ -181,11 +262,28 @@ def _check_divisible(batch_size: int, n: int) -> None:
         f"devices {n}")
 
 
+def replicated(mesh: Mesh) -> NamedSharding:
+  """The sharding of a value held whole by every device of `mesh`."""
+  return NamedSharding(mesh, P())
+
+
 def replicate(state: PyTree, mesh: Mesh, mode: str) -> PyTree:
   """Puts `state` on every device of `mesh` in the layout `mode` expects."""
   _check_mode(mode)
+  _check_multiprocess(mesh, mode)
   if mode == "jit":
-    return jax.device_put(state, NamedSharding(mesh, P()))
+    sharding = NamedSharding(mesh, P())
+    if sharding.is_fully_addressable:
+      return jax.device_put(state, sharding)
+
+    def global_copy(x):
+      # Every process holds the same value; each fills its own devices.
+      if isinstance(x, jax.Array) and x.sharding == sharding:
+        return x
+      x = np.asarray(jax.device_get(x))
+      return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree.map(global_copy, state)
   devices = list(mesh.devices.flat)
   sharding = NamedSharding(mesh, P(AXIS))
 
@@ -196,6 +294,24 @@ def replicate(state: PyTree, mesh: Mesh, mode: str) -> PyTree:
         (len(devices),) + x.shape, sharding, shards)
 
   return jax.tree.map(one, state)
+
+
+def to_host(tree: PyTree) -> PyTree:
+  """numpy copies of `tree`'s arrays, on every process.
+
+  A fully addressable array is fetched; a replicated global one (multi-host)
+  gives this process's copy (no communication); any other global array is
+  gathered from all processes (a collective: every process must call it).
+  """
+  def one(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return np.asarray(jax.device_get(x))
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+  return jax.tree.map(one, tree)
 
 
 def unreplicate(state: PyTree, mode: str) -> PyTree:
@@ -211,7 +327,10 @@ def shard_batch(batch: PyTree, mesh: Mesh, mode: str, steps_per_call: int = 1) -
 
   Args:
     batch: leaves ``[B, ...]``, or ``[k, B, ...]`` when ``steps_per_call = k
-      > 1``; numpy or jax arrays.
+      > 1``; numpy or jax arrays. With several processes (jit mode), this
+      process's contiguous ``B / process_count`` slice of the global batch
+      (`data.create` with its process index); the result is the global
+      ``[B, ...]`` array.
     mesh: the 1-D 'data' mesh.
     mode: "pmap" (result ``[n, B/n, ...]`` / ``[n, k, B/n, ...]``) or "jit"
       (same shape as `batch`, sharded over 'data' on the ``B`` axis).
@@ -221,13 +340,24 @@ def shard_batch(batch: PyTree, mesh: Mesh, mode: str, steps_per_call: int = 1) -
     ValueError: ``B`` is not divisible by the device count (names both).
   """
   _check_mode(mode)
+  _check_multiprocess(mesh, mode)
   n = _num_devices(mesh)
   baxis = 0 if steps_per_call == 1 else 1
+  processes = _num_processes(mesh)
   for x in jax.tree.leaves(batch):
-    _check_divisible(x.shape[baxis], n)
+    _check_divisible(x.shape[baxis] * processes, n)
   if mode == "jit":
     spec = P(AXIS) if steps_per_call == 1 else P(None, AXIS)
-    return jax.device_put(batch, NamedSharding(mesh, spec))
+    sharding = NamedSharding(mesh, spec)
+    if processes == 1:
+      return jax.device_put(batch, sharding)
+
+    def global_batch(x):
+      x = np.asarray(x)
+      shape = x.shape[:baxis] + (x.shape[baxis] * processes,) + x.shape[baxis + 1:]
+      return jax.make_array_from_process_local_data(sharding, x, shape)
+
+    return jax.tree.map(global_batch, batch)
 
   def one(x):
     x = np.asarray(x)
@@ -242,6 +372,17 @@ def shard_batch(batch: PyTree, mesh: Mesh, mode: str, steps_per_call: int = 1) -
 def _check_mode(mode: str) -> None:
   if mode not in MODES:
     raise ValueError(f"mode={mode!r} is unknown; valid: {', '.join(MODES)}")
+
+
+def _num_processes(mesh: Mesh) -> int:
+  return len({d.process_index for d in mesh.devices.flat})
+
+
+def _check_multiprocess(mesh: Mesh, mode: str) -> None:
+  if mode == "pmap" and _num_processes(mesh) > 1:
+    raise ValueError(
+        f"train.parallel='pmap' runs on one process only; this mesh spans "
+        f"{_num_processes(mesh)} processes: use train.parallel='jit' for multi-host")
 
 
 # --------------------------------------------------------------------------
@@ -313,6 +454,7 @@ def compile_step(step_fn: StepFn, mode: str = "jit", mesh: Mesh | None = None,
   if steps_per_call < 1:
     raise ValueError(f"steps_per_call={steps_per_call} must be >= 1")
   mesh = make_mesh() if mesh is None else mesh
+  _check_multiprocess(mesh, mode)
   fn = step_fn
   if steps_per_call > 1:
     fn = lambda state, batches: lax.scan(step_fn, state, batches)

@@ -11,7 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion import checkpoint, experiment, parameterization, samplers, sdes, visualize, writers
+from diffusion import (checkpoint, experiment, parallel, parameterization, samplers, sdes,
+                       visualize, writers)
 
 
 def sampler_process(config, process):
@@ -117,7 +118,10 @@ def sample(config, workdir: str) -> str:
     step = ckpt.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first")
-    state, _ = ckpt.restore(step, experiment.abstract_state(create_fn, state_key))
+    # Several processes restore collectively into replicated global arrays;
+    # every process then runs the same sampler calls and process 0 writes.
+    sharding = parallel.replicated(parallel.make_mesh()) if jax.process_count() > 1 else None
+    state, _ = ckpt.restore(step, experiment.abstract_state(create_fn, state_key, sharding))
   apply_fn = experiment.make_apply_fn(model, config, process)
   n, grid_n = s.num_samples, min(s.num_samples, s.grid_size)
   batch = min(s.batch_size, n - grid_n) if n > grid_n else 0
@@ -125,13 +129,13 @@ def sample(config, workdir: str) -> str:
   t0 = time.time()
   traj_fn = make_sample_fn(config, apply_fn, process, num_samples=grid_n, return_trajectory=True)
   first, traj = traj_fn(state.ema_params, jax.random.fold_in(sample_key, 0))
-  first, traj_x = np.asarray(jax.device_get(first)), np.asarray(jax.device_get(traj["x"]))
+  first, traj_x = parallel.to_host(first), parallel.to_host(traj["x"])
   chunks = [first]
   if batch:
     chunk_fn = make_sample_fn(config, apply_fn, process, num_samples=batch)
     for c in range(1, 1 + -(-(n - grid_n) // batch)):
-      chunks.append(np.asarray(jax.device_get(
-          chunk_fn(state.ema_params, jax.random.fold_in(sample_key, c)))))
+      chunks.append(parallel.to_host(
+          chunk_fn(state.ema_params, jax.random.fold_in(sample_key, c))))
   images = np.clip(np.concatenate(chunks)[:n], -1.0, 1.0).astype(np.float32)
 
   stem = os.path.join(workdir, "samples", f"final_{step:06d}")

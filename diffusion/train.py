@@ -7,6 +7,13 @@ from the latest checkpoint, compile the step, then loop: log every
 at the end), sample a grid with the EMA parameters every ``sample_every`` (and
 at the end) to ``workdir/samples/step_XXXXXX.png`` (`sampling`).
 
+Several processes (multi-host, `parallel.initialize_distributed`): every
+process runs this same loop on its slice of each global batch; the state is
+replicated on the global mesh; checkpoints are saved and restored by all
+processes together (Orbax); the sample grid is computed by every process (the
+jitted sampler over the replicated EMA params, no communication) and written
+by process 0, which alone writes config.json, metrics.jsonl, wandb and images.
+
 Workdir layout::
 
   config.json  metrics.jsonl  checkpoints/<step>/{state,data}  samples/*.{png,npz,gif}
@@ -28,8 +35,7 @@ from diffusion import train_state as ts
 
 def _save_grid(path: str, images) -> None:
   if jax.process_index() == 0:
-    images = np.asarray(jax.device_get(images))
-    visualize.save_png(path, visualize.image_grid(images))
+    visualize.save_png(path, visualize.image_grid(parallel.to_host(images)))
 
 
 # --------------------------------------------------------------------------
@@ -52,7 +58,7 @@ def _host_metrics(pending) -> dict[str, np.ndarray]:
   """Fetches and checks ``[(first_step, metrics), ...]``; ``{name: [steps]}``."""
   out = {}
   for first_step, metrics in pending:
-    metrics = jax.device_get(metrics)
+    metrics = parallel.to_host(metrics)
     parallel.check_finite(metrics, first_step)
     for name, value in metrics.items():
       out.setdefault(name, []).append(np.atleast_1d(np.asarray(value, np.float64)))
@@ -60,6 +66,14 @@ def _host_metrics(pending) -> dict[str, np.ndarray]:
 
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _any_process(flag: bool) -> bool:
+  """True if `flag` is set on any process (a collective with several processes)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
 
 
 @contextlib.contextmanager
@@ -71,9 +85,9 @@ def _stop_requests():
   previous handlers come back on exit. Off the main thread (where Python
   cannot install handlers) nothing is installed.
 
-  TODO(multi-host): processes receive signals at different steps; they must
-  agree on the stop step (an all-reduce of the flag each step, or Orbax's
-  `reached_preemption`) before saving, or the collective save deadlocks.
+  With several processes, signals arrive at different steps: the loop asks
+  `_any_process` each step, so that all stop (and save, collectively) at the
+  same step.
   """
   stop: dict[str, str] = {}
   if threading.current_thread() is not threading.main_thread():
@@ -123,23 +137,29 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
   writers.echo(f"model {config.model.name}: "
                f"{sum(p.size for p in jax.tree.leaves(abstract.params)):,} parameters")
 
+  # The mesh spans every device of every process (`parallel.make_mesh`). In
+  # jit mode the restore target is replicated on it: with several processes,
+  # Orbax restores (and saves) collectively, as global arrays.
+  mesh = parallel.make_mesh()
+  target = abstract
+  if tc.parallel == "jit":
+    target = experiment.abstract_state(create_fn, state_key, parallel.replicated(mesh))
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), tc.keep_checkpoints)
   start = ckpt.latest_step()
   if start is None:
     state = experiment.init_state(create_fn, state_key)
   else:
-    state, data_state = ckpt.restore(start, abstract)
+    state, data_state = ckpt.restore(start, target)
     it.set_state(data_state)
     if start % k:
       raise ValueError(f"checkpoint step {start} is not a multiple of "
                        f"config.train.steps_per_call={k}")
-  step = int(state.step)
+  step = int(parallel.to_host(state.step))
   if step >= tc.num_steps:
     writers.echo(f"nothing to do: checkpoint step {step} >= train.num_steps={tc.num_steps}")
     ckpt.close()
     return state
 
-  mesh = parallel.make_mesh(jax.local_devices())
   compiled = parallel.compile_step(
       parallel.make_train_step(experiment.make_loss_fn(config, apply_fn, process), tx, config),
       tc.parallel, mesh, steps_per_call=k)
@@ -168,7 +188,7 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
         log, save = _every(step, tc.log_every) or last, _every(step, tc.ckpt_every) or last
         grid = _every(step, tc.sample_every) or (last and tc.sample_every > 0)
         # Read the flag once: a signal arriving later in this iteration stops the next one.
-        preempted = bool(stop) and not last
+        preempted = _any_process(bool(stop)) and not last
         if preempted:  # Save this step, skip the rest, stop.
           save, grid = True, False
         if not (log or save or grid):
@@ -208,4 +228,4 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
     bar.close()
     writer.close()
     ckpt.close()
-  return jax.device_get(compiled.unreplicate(state))
+  return parallel.to_host(compiled.unreplicate(state))

@@ -1,0 +1,263 @@
+"""Multi-host on one machine: N CPU processes x M fake devices stand in for a pod.
+
+Runs of `python -m diffusion.main` on configs/smoke.py (batch 16, ckpt every 2)
+at XLA -O0, sharing an XLA compile cache (JAX writes it from process 0 only,
+and the other processes' cache keys differ, so process 1 compiles in every
+2-process run):
+
+  mp:      `launch.sh multiprocess 2` (2 processes x 2 devices), 4 steps,
+           samples at 4                                         -> "mp"
+  sp:      1 process x 4 devices, 6 steps                         -> "sp"
+  mp->sp:  "mp"'s checkpoint 4 continued to 6 by 1 process x 4    -> "mp_sp"
+  sp->mp:  "sp"'s checkpoint 2 continued by 2 processes (started
+           directly, no launch.sh) to checkpoint 4 and beyond; then
+           process 1 is SIGKILLed: process 0 must exit non-zero
+           within 60 s, naming the dead task                      -> "killed"
+  rerun:   `launch.sh multiprocess 2` in "killed": resumes from its
+           last checkpoint
+
+Global batch, per-device keys (global device index) and data slices are those
+of one process with 4 devices, so the parameters agree to float rounding (the
+all-reduce sums in another order).
+"""
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from diffusion import checkpoint, parallel, writers
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TOL = 1e-6
+KILL_DEADLINE_S = 60
+
+
+def _env(cache_dir, devices=None):
+  # XLA -O0 halves the compile time of the step, which dominates (process 1
+  # compiles in every run); every run here uses it, so they stay comparable.
+  flags = os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+  if devices is not None:
+    flags += f" --xla_force_host_platform_device_count={devices}"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COMPILATION_CACHE_DIR=str(cache_dir),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", XLA_FLAGS=flags.strip(),
+             PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+  env.pop("DEVICES_PER_PROCESS", None)
+  return env
+
+
+def _main_cmd(workdir, *flags):
+  return [sys.executable, "-m", "diffusion.main", "--config", "configs/smoke.py",
+          "--workdir", str(workdir), *flags]
+
+
+def _single(workdir, *flags, cache_dir, devices=4):
+  """One process with `devices` fake devices."""
+  proc = subprocess.run(_main_cmd(workdir, *flags), cwd=ROOT, env=_env(cache_dir, devices),
+                        capture_output=True, text=True, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return proc
+
+
+def _launch(n, workdir, *flags, cache_dir, check=True):
+  """`launch.sh multiprocess n` (2 devices per process)."""
+  env = _env(cache_dir)
+  env["PYTHON"] = sys.executable
+  proc = subprocess.run(["bash", str(ROOT / "launch.sh"), "multiprocess", str(n),
+                         "configs/smoke.py", str(workdir), *flags],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  if check:
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+  return proc
+
+
+def _free_port():
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _copy_checkpoints(src, dst, steps):
+  """A workdir with config.json and checkpoints `steps` of `src`."""
+  (dst / "checkpoints").mkdir(parents=True)
+  shutil.copy(src / "config.json", dst / "config.json")
+  for step in steps:
+    shutil.copytree(src / "checkpoints" / str(step), dst / "checkpoints" / str(step))
+
+
+def _restore(workdir, step):
+  with checkpoint.Checkpointer(pathlib.Path(workdir) / "checkpoints") as ckpt:
+    return ckpt.restore(step)
+
+
+def _steps(workdir):
+  with checkpoint.Checkpointer(pathlib.Path(workdir) / "checkpoints") as ckpt:
+    return ckpt.all_steps()
+
+
+def _max_diff(workdir_a, workdir_b, step):
+  """Largest |a - b| over the whole train state of checkpoint `step`."""
+  state_a, data_a = _restore(workdir_a, step)
+  state_b, data_b = _restore(workdir_b, step)
+  assert data_a == data_b
+  assert int(state_a["step"]) == int(state_b["step"]) == step
+  assert jax.tree.structure(state_a) == jax.tree.structure(state_b)
+  diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(np.asarray(a, np.float64)
+                                                        - np.asarray(b, np.float64)))),
+                       state_a, state_b)
+  return max(jax.tree.leaves(diffs))
+
+
+def _wait_for(path, procs, timeout=240.0):
+  t0 = time.time()
+  while time.time() - t0 < timeout:
+    if path.exists():
+      return
+    if any(p.poll() is not None for p in procs):
+      raise AssertionError(f"a process exited before {path} appeared: "
+                           f"{[p.poll() for p in procs]}")
+    time.sleep(0.05)
+  raise AssertionError(f"no {path} after {timeout:.0f}s")
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp("multihost")
+  cache = root / "xla_cache"
+  out = {"root": root, "cache": cache}
+  out["mp_proc"] = _launch(2, root / "mp", "--config.train.num_steps=4",
+                           "--config.train.sample_every=4", cache_dir=cache)
+  out["sp_proc"] = _single(root / "sp", "--config.train.sample_every=0", cache_dir=cache)
+
+  _copy_checkpoints(root / "mp", root / "mp_sp", [2, 4])
+  out["mp_sp_proc"] = _single(root / "mp_sp", "--config.train.sample_every=0", cache_dir=cache)
+
+  # sp -> mp, then SIGKILL one process.
+  killed = root / "killed"
+  _copy_checkpoints(root / "sp", killed, [2])
+  port, env = _free_port(), _env(cache, devices=2)
+  flags = ["--config.train.num_steps=100000", "--config.train.log_every=1",
+           "--config.train.ckpt_every=2", "--config.train.sample_every=0",
+           "--heartbeat_timeout=5", f"--coordinator_address=127.0.0.1:{port}",
+           "--num_processes=2"]
+  procs = [subprocess.Popen(_main_cmd(killed, *flags, f"--process_id={i}"), cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+           for i in range(2)]
+  try:
+    _wait_for(killed / "checkpoints" / "4", procs)
+    procs[1].send_signal(signal.SIGKILL)
+    t0 = time.time()
+    try:
+      output, _ = procs[0].communicate(timeout=KILL_DEADLINE_S + 60)
+    except subprocess.TimeoutExpired:
+      output = "(still running)"
+    out["survivor_s"] = time.time() - t0
+    out["survivor_rc"], out["survivor_output"] = procs[0].returncode, output
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+      p.communicate()
+  out["killed_last"] = _steps(killed)[-1]
+  out["rerun_proc"] = _launch(2, killed, f"--config.train.num_steps={out['killed_last'] + 2}",
+                              "--config.train.sample_every=0", cache_dir=cache)
+  return out
+
+
+def test_two_processes_train_as_one_process_with_four_devices(runs):
+  root = runs["root"]
+  assert _steps(root / "mp") == [2, 4]
+  for step in (2, 4):
+    assert _max_diff(root / "mp", root / "sp", step) < TOL
+  # Process 0 alone wrote the metrics (one row per log step) and the samples.
+  mp_rows, sp_rows = writers.read_metrics(root / "mp"), writers.read_metrics(root / "sp")
+  assert [r["step"] for r in mp_rows] == [2, 4]
+  np.testing.assert_allclose([r["loss"] for r in mp_rows],
+                             [r["loss"] for r in sp_rows[:2]], rtol=1e-5)
+  assert os.listdir(root / "mp" / "samples") == ["step_000004.png"]
+  stdout = runs["mp_proc"].stdout
+  assert "training from step 0 to 4" in stdout and stdout.count("training from step") == 1
+  assert "[0] model unet" in stdout and "[1] " in stdout  # Process 1 echoes nothing itself.
+
+
+def test_checkpoints_move_between_process_counts(runs):
+  root = runs["root"]
+  # 2 processes -> 1: resumes at 4 and ends where the 1-process run did.
+  assert "training from step 4 to 6" in runs["mp_sp_proc"].stderr
+  assert _max_diff(root / "mp_sp", root / "sp", 6) < TOL
+  # 1 process -> 2: resumed at 2, its checkpoint 4 is the 1-process one.
+  assert "training from step 2 to 100000" in runs["survivor_output"]
+  assert _max_diff(root / "killed", root / "sp", 4) < TOL
+
+
+def test_killed_process_stops_the_survivor_and_the_rerun_resumes(runs):
+  assert runs["survivor_rc"] not in (0, None), runs["survivor_output"][-3000:]
+  assert runs["survivor_s"] < KILL_DEADLINE_S
+  assert "another task died" in runs["survivor_output"]
+  last = runs["killed_last"]
+  assert last >= 4 and last % 2 == 0
+  assert f"training from step {last} to {last + 2}" in runs["rerun_proc"].stdout
+  assert _steps(runs["root"] / "killed")[-1] == last + 2
+
+
+def test_launch_kills_the_others_when_one_fails(tmp_path):
+  """launch.sh's watchdog, with a stand-in for python: process 1 fails at once,
+  process 0 would sleep for 10 minutes."""
+  fake = tmp_path / "python"
+  fake.write_text("#!/bin/bash\n"
+                  "[ \"$1\" = -c ] && exec python3 \"$@\"\n"  # launch.sh's free-port finder.
+                  "case \" $* \" in *' --process_id 1 '*) echo boom; exit 3 ;; esac\n"
+                  "echo \"started $*\"; exec sleep 600\n")
+  fake.chmod(0o755)
+  env = dict(os.environ, PYTHON=str(fake), DEVICES_PER_PROCESS="3")
+  t0 = time.time()
+  proc = subprocess.run(["bash", str(ROOT / "launch.sh"), "multiprocess", "2", "c.py", "w",
+                         "--config.x=1"], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=60)
+  assert proc.returncode == 3 and time.time() - t0 < 30
+  assert "[1] boom" in proc.stdout and "[0] started" in proc.stdout
+  assert "--num_processes 2 --process_id 0 --config.x=1" in proc.stdout
+  assert "process 1 exited with status 3; killing the others" in proc.stderr
+
+
+def test_initialize_distributed_only_when_asked(monkeypatch):
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
+  monkeypatch.setattr(jax.config, "update", lambda *a: calls.append(a))
+  assert not parallel.initialize_distributed(environ={})
+  assert not parallel.initialize_distributed(environ={"SLURM_NTASKS": "1", "SLURM_JOB_ID": "7"})
+  assert not parallel.initialize_distributed(environ={"TPU_WORKER_HOSTNAMES": "localhost"})
+  assert calls == []
+  with pytest.raises(ValueError, match="all of coordinator_address"):
+    parallel.initialize_distributed("127.0.0.1:1234", environ={})
+  with pytest.raises(ValueError, match="process_id=2"):
+    parallel.initialize_distributed("127.0.0.1:1234", 2, 2, environ={})
+  assert parallel.initialize_distributed("127.0.0.1:1234", 2, 1, heartbeat_timeout_seconds=7,
+                                         environ={})
+  assert calls[0] == ("jax_cpu_collectives_implementation", "gloo")
+  assert calls[1][0] == ("127.0.0.1:1234", 2, 1)
+  assert calls[1][1]["heartbeat_timeout_seconds"] == 7
+  for environ in ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:8476"}, {"DIFFUSION_DISTRIBUTED": "1"},
+                  {"SLURM_NTASKS": "4", "SLURM_JOB_ID": "7"},
+                  {"TPU_WORKER_HOSTNAMES": "w0,w1,w2,w3"}):
+    calls.clear()
+    assert parallel.initialize_distributed(environ=environ), environ
+    assert calls[1][0] == (None, None, None)  # JAX detects the cluster itself.
+
+
+def test_pmap_is_refused_across_processes():
+  class FakeDevice:
+    def __init__(self, process_index):
+      self.process_index, self.id = process_index, process_index
+
+  mesh = type("M", (), {"devices": np.array([FakeDevice(0), FakeDevice(1)], object)})()
+  with pytest.raises(ValueError, match="train.parallel='jit' for multi-host"):
+    parallel._check_multiprocess(mesh, "pmap")
+  parallel._check_multiprocess(mesh, "jit")
