@@ -18,17 +18,22 @@ Variants: `cifar10_ddpm.py:key=value,...` with the keys of
 from configs import default
 
 
+def cifar10_data(data):
+  """TFDS "cifar10" at 32x32x3, random flips, batch 128 (DDPM and score_sde alike)."""
+  data.source = "tfds"
+  data.name = "cifar10"
+  data.data_dir = ""
+  data.image_size = 32
+  data.channels = 3
+  data.random_flip = True
+  data.dequantize = False
+  data.batch_size = 128
+
+
 def get_config(arg=None):
   config = default.get_config()
 
-  config.data.source = "tfds"
-  config.data.name = "cifar10"
-  config.data.data_dir = ""
-  config.data.image_size = 32
-  config.data.channels = 3
-  config.data.random_flip = True
-  config.data.dequantize = False
-  config.data.batch_size = 128
+  cifar10_data(config.data)
 
   config.model.ch = 128
   config.model.channel_mult = (1, 2, 2, 2)

@@ -26,19 +26,12 @@ convs), NCSN++'s progressive input/output paths. score_sde's VP data are
 Variants: `cifar10_ddpmpp_vp.py:key=value,...` with the keys of
 `default.VARIANT_KEYS`.
 """
-from configs import default
+from configs import cifar10_ddpm, default
 
 
 def score_sde_cifar10(config):
   """The settings shared by the DDPM++ (VP) and NCSN++ (VE) CIFAR-10 configs."""
-  config.data.source = "tfds"
-  config.data.name = "cifar10"
-  config.data.data_dir = ""
-  config.data.image_size = 32
-  config.data.channels = 3
-  config.data.random_flip = True
-  config.data.dequantize = False
-  config.data.batch_size = 128
+  cifar10_ddpm.cifar10_data(config.data)
 
   config.model.ch = 128
   config.model.channel_mult = (1, 2, 2, 2)
