@@ -252,7 +252,7 @@ def get_config(arg=None):
   # Sampler specs "name[:key=value,...]", e.g. "ddpm", "ddim:steps=50,eta=0",
   # "euler_maruyama:steps=1000", "probability_flow:steps=100,ode_method=heun",
   # "predictor_corrector:steps=1000,corrector=langevin"; keys per sampler in
-  # eval_mode.SPEC_KEYS, unspecified ones from config.sample. () = config.sample's sampler.
+  # sampler_specs.SPEC_KEYS, unspecified ones from config.sample. () = config.sample's sampler.
   ev.samplers = ()
   ev.num_samples = 50_000  # Samples per sampler (N).
   ev.batch_size = 500  # Images per sampler / feature-extractor / bits-per-dim call.
@@ -268,6 +268,9 @@ def get_config(arg=None):
   ev.kid_subsets = 100  # KID: random subsets ...
   ev.kid_subset_size = 1000  # ... of this many vectors (at most the kept ones).
   ev.is_splits = 10  # Inception Score splits (at most N).
+  # A first row "data:<split>": eval.num_samples real images of this split scored
+  # like samples (each metric's floor at this N); "" = no such row.
+  ev.baseline_split = ""
   ev.bpd = True  # Bits/dim once per model (DDPM bound if discrete, ODE if continuous).
   ev.bpd_num = 1000  # Images of bpd_split for bits/dim.
   ev.bpd_split = "test"  # "train" | "test".

@@ -91,9 +91,16 @@ def load(path: str):
     meta = json.load(f)
   model = Classifier(channels=tuple(meta["channels"]), features=meta["features"],
                      num_classes=meta["num_classes"], dropout=meta["dropout"])
-  with ocp.StandardCheckpointer() as ckpt:
-    params = ckpt.restore(os.path.join(path, "params"))
-  return model, params, meta
+  # Every process reads the whole (small) checkpoint by itself: no collective,
+  # so one process of a multi-process eval can load it without the others.
+  me = jax.process_index()
+  options = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  with ocp.StandardCheckpointer(multiprocessing_options=options) as ckpt:
+    saved = ckpt.metadata(os.path.join(path, "params")).item_metadata
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local), saved)
+    params = ckpt.restore(os.path.join(path, "params"), target)
+  return model, jax.tree.map(np.asarray, params), meta
 
 
 # --------------------------------------------------------------------------

@@ -5,7 +5,7 @@
         --config.eval.samplers="('ddpm', 'ddim:steps=50,eta=0', 'ddim:steps=10,eta=1')"
 
 On the EMA params of ``config.sample.checkpoint_step`` (None: the latest), for
-each spec of ``config.eval.samplers`` (`parse_sampler_spec`; empty: the sampler
+each spec of ``config.eval.samplers`` (`sampler_specs.parse_sampler_spec`; empty: the sampler
 of ``config.sample``) it draws ``eval.num_samples`` images in calls of
 ``eval.batch_size`` (chunk c with key ``fold_in(fold_in(sample_key,
 crc32(spec)), c)``: deterministic given the seed and the spec; the last chunk
@@ -34,6 +34,13 @@ uniformly dequantised data ``x = 2 (k + u) / K - 1`` (Song et al. 2021),
 Hutchinson divergence, rk45, plus ``log2(K / 2)``. K is the dataset's number
 of pixel levels (256 for 8-bit images, 17 for digits).
 
+Every process runs this (`launch.sh multiprocess`, a TPU pod): each sampler
+call is one global batch split over all devices of all processes (so
+``eval.batch_size`` must divide by the device count), each process extracts
+the features of its rows, and the rows are gathered in order; the reference
+and bits/dim batches are split likewise. Every process thus holds the same
+statistics as one process would; process 0 writes the files.
+
 Every round is saved at once to ``workdir/eval/rounds/<spec>.json`` (and the
 sample statistics to ``<spec>_stats.npz``); a re-run skips rounds whose json
 matches the checkpoint step, N and features, so a killed eval resumes. Then
@@ -45,113 +52,19 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
 import time
 import zlib
 
 import jax
 import numpy as np
 
-from diffusion import (checkpoint, classify, data, experiment, likelihood, parameterization,
-                       sampling, writers)
+from diffusion import (checkpoint, classify, data, experiment, likelihood, parallel,
+                       parameterization, sampling, writers)
 from diffusion import evaluate as metrics
 
+from diffusion.sampler_specs import nfe, sampler_config, sampler_steps, spec_filename
+
 FEATURES = ("classifier", "inception")
-# Spec key -> config.sample key, per sampler (all others are refused).
-SPEC_KEYS = {
-    "ddpm": {"variance": "variance", "clip": "clip_denoised"},
-    "ddim": {"steps": "num_steps", "eta": "eta", "clip": "clip_denoised"},
-    "euler_maruyama": {"steps": "num_steps", "eps": "eps"},
-    "predictor_corrector": {"steps": "num_steps", "predictor": "predictor",
-                            "corrector": "corrector", "snr": "snr",
-                            "corrector_steps": "corrector_steps", "eps": "eps"},
-    "probability_flow": {"steps": "num_steps", "ode_method": "ode_method", "eps": "eps"},
-}
-_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
-
-
-# --------------------------------------------------------------------------
-# Sampler specs.
-# --------------------------------------------------------------------------
-
-
-def parse_sampler_spec(spec: str) -> tuple[str, dict]:
-  """``"ddim:steps=50,eta=0"`` -> ``("ddim", {"num_steps": 50, "eta": 0.0})``.
-
-  Keys per sampler are those of `SPEC_KEYS` (mapped to ``config.sample.*``);
-  values are converted to the type of that config key. ValueError names the
-  spec and the valid sampler names or keys.
-  """
-  name, _, args = spec.strip().partition(":")
-  name = name.strip()
-  if name not in SPEC_KEYS:
-    raise ValueError(f"sampler spec {spec!r}: unknown sampler {name!r}; valid: "
-                     f"{', '.join(SPEC_KEYS)}")
-  valid = SPEC_KEYS[name]
-  overrides = {}
-  for item in filter(None, (i.strip() for i in args.split(","))):
-    key, eq, value = (s.strip() for s in item.partition("="))
-    if not eq or not value:
-      raise ValueError(f"sampler spec {spec!r}: item {item!r} is not key=value")
-    if key not in valid:
-      raise ValueError(f"sampler spec {spec!r}: unknown key {key!r} for {name}; valid keys: "
-                       f"{', '.join(valid) or 'none'}")
-    if valid[key] in overrides:
-      raise ValueError(f"sampler spec {spec!r}: key {key!r} given twice")
-    overrides[valid[key]] = _convert(value, key, valid[key], spec)
-  return name, overrides
-
-
-_TYPES = {"num_steps": int, "corrector_steps": int, "eta": float, "snr": float, "eps": float,
-          "clip_denoised": bool}  # Other config.sample keys of SPEC_KEYS are strings.
-
-
-def _convert(text: str, key: str, config_key: str, spec: str):
-  kind = _TYPES.get(config_key, str)
-  try:
-    if kind is bool:
-      if text.lower() not in _TRUE + _FALSE:
-        raise ValueError(f"expected one of {_TRUE + _FALSE}")
-      return text.lower() in _TRUE
-    return kind(text)
-  except ValueError as e:
-    raise ValueError(f"sampler spec {spec!r}: {key}={text!r} is not a {kind.__name__}: {e}") from None
-
-
-def sampler_config(config, spec: str):
-  """A copy of `config` with ``sample.method`` and the spec's overrides; validated."""
-  name, overrides = parse_sampler_spec(spec)
-  cfg = copy.deepcopy(config)
-  cfg.sample.method = name
-  for key, value in overrides.items():
-    cfg.sample[key] = value
-  try:
-    experiment.validate_config(cfg)
-  except ValueError as e:
-    raise ValueError(f"sampler spec {spec!r} does not fit this model: {e}") from None
-  return cfg
-
-
-def spec_filename(spec: str) -> str:
-  """``"ddim:steps=50,eta=0"`` -> ``"ddim_steps-50_eta-0"`` (a file-name-safe stem)."""
-  stem = re.sub(r"[^A-Za-z0-9.-]+", "_", spec.strip().replace("=", "-")).strip("_")
-  return stem or "sampler"
-
-
-def _steps(cfg) -> int:
-  return int(cfg.diffusion.num_steps) if cfg.sample.method == "ddpm" else int(cfg.sample.num_steps)
-
-
-def nfe(sample_config) -> int | None:
-  """Network evaluations per sample of ``sample_config.sample`` (None: rk45, adaptive)."""
-  s = sample_config.sample
-  if s.method == "ddpm":
-    return int(sample_config.diffusion.num_steps)
-  if s.method == "predictor_corrector":
-    return s.num_steps * ((s.predictor != "none") + (s.corrector != "none") * s.corrector_steps)
-  if s.method == "probability_flow":
-    return None if s.ode_method == "rk45" else s.num_steps * (2 if s.ode_method == "heun" else 1)
-  return int(s.num_steps)  # ddim, euler_maruyama
 
 
 # --------------------------------------------------------------------------
@@ -208,7 +121,7 @@ def reference_stats(config, workdir: str, extract):
   e = config.eval
   path = e.reference_stats or os.path.join(
       workdir, "eval", f"reference_{e.features}_{e.reference_split}.npz")
-  if os.path.exists(path):
+  if _same_on_all_processes(os.path.exists(path), path):
     with np.load(path) as f:
       arrays = dict(f)
     if str(arrays["extractor"]) != _extractor_id(e):
@@ -217,16 +130,19 @@ def reference_stats(config, workdir: str, extract):
     return metrics.FeatureStats.from_arrays(arrays), arrays["features"]
   dc = copy.deepcopy(config.data)
   dc.split, dc.dequantize, dc.random_flip = e.reference_split, False, False
-  it = data.create(dc, seed=config.seed)
+  # Each process reads its slice of every global batch and extracts its
+  # features; the gathered rows are the global batch in order.
+  it = data.create(dc, seed=config.seed, process_index=jax.process_index(),
+                   process_count=jax.process_count())
   total = it.batches_per_epoch * dc.batch_size
   n = min(e.reference_num, total) if e.reference_num > 0 else total
   stats, kept, done = None, [], 0
   while done < n:
-    images = next(it)["image"][:n - done]
-    feats, _ = extract(images)
+    feats, _ = extract(next(it)["image"])
+    feats = parallel.gather_rows(feats)[:n - done]
     stats = (stats or metrics.FeatureStats(feats.shape[1])).update(feats)
     kept.append(feats[:max(0, e.kept_features - done)])
-    done += len(images)
+    done += len(feats)
   kept = np.concatenate(kept)
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
@@ -235,27 +151,28 @@ def reference_stats(config, workdir: str, extract):
   return stats, kept
 
 
+def _batch(batch_size: int, n: int, mesh) -> int:
+  """Images per call for `n` images: ``min(batch_size, n)`` rounded up to a
+  multiple of the mesh's device count (`evaluate` checks batch_size is one)."""
+  k = 1 if mesh is None else mesh.devices.size
+  return -(-min(batch_size, n) // k) * k
+
+
 # --------------------------------------------------------------------------
 # One round: one sampler.
 # --------------------------------------------------------------------------
 
 
-def run_round(config, spec, apply_fn, process, params, sample_key, extract, ref, ref_kept):
-  """Samples ``eval.num_samples`` with `spec` and scores them; returns ``(row, stats)``."""
-  e, cfg = config.eval, sampler_config(config, spec)
-  n, bs = e.num_samples, min(e.batch_size, e.num_samples)
-  key = jax.random.fold_in(sample_key, zlib.crc32(spec.encode()) & 0x7FFFFFFF)
-  fn = sampling.make_sample_fn(cfg, apply_fn, process, num_samples=bs)
-  t0 = time.perf_counter()
-  compiled = fn.lower(params, key).compile()
-  compile_s = time.perf_counter() - t0
-  stats, kept, logits, sample_s = None, [], [], 0.0
-  for c in range(-(-n // bs)):
-    t0 = time.perf_counter()
-    x = compiled(params, jax.random.fold_in(key, c)).block_until_ready()
-    sample_s += time.perf_counter() - t0
-    images = np.clip(np.asarray(jax.device_get(x)), -1.0, 1.0)[:n - c * bs]
-    feats, lg = extract(images)
+def _score(config, local_chunks, n: int, bs: int, extract, ref, ref_kept) -> tuple[dict, object]:
+  """Metrics of `n` images that arrive as calls of `bs`: `local_chunks` yields
+  this process's rows of each call (all of it with one process); features are
+  extracted per process and gathered in order, the last call cut to `n`."""
+  e = config.eval
+  stats, kept, logits = None, [], []
+  for c, images in enumerate(local_chunks):
+    feats, lg = extract(np.clip(images, -1.0, 1.0))
+    feats = parallel.gather_rows(feats)[:n - c * bs]
+    lg = parallel.gather_rows(lg)[:n - c * bs]
     stats = (stats or metrics.FeatureStats(feats.shape[1])).update(feats)
     kept.append(feats[:max(0, e.kept_features - c * bs)])
     logits.append(np.asarray(lg, np.float32))
@@ -265,15 +182,63 @@ def run_round(config, spec, apply_fn, process, params, sample_key, extract, ref,
   is_mean, is_std = metrics.inception_score(logits, num_splits=min(e.is_splits, n))
   k = min(len(kept), len(ref_kept))
   precision, recall = metrics.precision_recall(ref_kept[:k], kept[:k]) if k > 3 else (None, None)
-  s = cfg.sample
-  row = {"spec": spec, "method": s.method, "steps": _steps(cfg), "nfe": nfe(cfg),
+  return {"num_samples": n, "fid": metrics.fid(stats, ref), "kid": kid_mean,
+          "kid_std": kid_std, "inception_score": is_mean, "inception_score_std": is_std,
+          "precision": precision, "recall": recall}, stats
+
+
+def run_round(config, spec, apply_fn, process, params, sample_key, extract, ref, ref_kept,
+              mesh=None):
+  """Samples ``eval.num_samples`` with `spec` and scores them; returns ``(row, stats)``.
+
+  With a `mesh` every sampler call is split over all its devices (`params`
+  replicated on it); each process extracts the features of its own rows and
+  the rows are gathered in order, so every process holds the same statistics.
+  """
+  e, cfg = config.eval, sampler_config(config, spec)
+  n, bs = e.num_samples, _batch(e.batch_size, e.num_samples, mesh)
+  key = jax.random.fold_in(sample_key, zlib.crc32(spec.encode()) & 0x7FFFFFFF)
+  fn = sampling.make_sample_fn(cfg, apply_fn, process, num_samples=bs, mesh=mesh)
+  t0 = time.perf_counter()
+  compiled = fn.lower(params, key).compile()
+  compile_s = time.perf_counter() - t0
+  timing = {"sample_s": 0.0}
+
+  def chunks():
+    for c in range(-(-n // bs)):
+      t0 = time.perf_counter()
+      x = compiled(params, jax.random.fold_in(key, c)).block_until_ready()
+      timing["sample_s"] += time.perf_counter() - t0
+      yield parallel.local_rows(x)
+
+  scores, stats = _score(config, chunks(), n, bs, extract, ref, ref_kept)
+  s, sample_s = cfg.sample, timing["sample_s"]
+  row = {"spec": spec, "method": s.method, "steps": sampler_steps(cfg), "nfe": nfe(cfg),
          "settings": {k2: s[k2] for k2 in sorted(s.keys()) if k2 not in
                       ("num_samples", "batch_size", "grid_size", "gif_frames", "checkpoint_step")},
-         "num_samples": n, "fid": metrics.fid(stats, ref), "kid": kid_mean, "kid_std": kid_std,
-         "inception_score": is_mean, "inception_score_std": is_std, "precision": precision,
-         "recall": recall, "time_s": sample_s, "compile_s": compile_s,
+         **scores, "time_s": sample_s, "compile_s": compile_s,
          "samples_per_s": n / sample_s if sample_s > 0 else None}
   return row, stats
+
+
+def data_round(config, extract, ref, ref_kept, mesh=None):
+  """The row of ``eval.num_samples`` real images of ``eval.baseline_split``
+  scored like samples: the floor of each metric at this N (FID is biased
+  upwards at small N; a model cannot be told from data below this row)."""
+  e = config.eval
+  n, bs = e.num_samples, _batch(e.batch_size, e.num_samples, mesh)
+  dc = copy.deepcopy(config.data)
+  dc.split, dc.dequantize, dc.random_flip, dc.batch_size = e.baseline_split, False, False, bs
+  it = data.create(dc, seed=config.seed + 2, process_index=jax.process_index(),
+                   process_count=jax.process_count())
+  if it.batches_per_epoch * bs < n:
+    raise ValueError(f"config.eval.baseline_split={e.baseline_split!r} has fewer than "
+                     f"config.eval.num_samples={n} images in calls of {bs}")
+  chunks = (next(it)["image"] for _ in range(-(-n // bs)))
+  scores, stats = _score(config, chunks, n, bs, extract, ref, ref_kept)
+  return {"spec": f"data:{e.baseline_split}", "method": "data", "steps": 0, "nfe": 0,
+          "settings": {"split": e.baseline_split}, **scores, "time_s": 0.0, "compile_s": 0.0,
+          "samples_per_s": None}, stats
 
 
 # --------------------------------------------------------------------------
@@ -281,14 +246,20 @@ def run_round(config, spec, apply_fn, process, params, sample_key, extract, ref,
 # --------------------------------------------------------------------------
 
 
-def bits_per_dim(config, apply_fn, process, params, rng) -> dict:
-  """Mean bits/dim of ``eval.bpd_num`` images of ``eval.bpd_split`` (module doc)."""
+def bits_per_dim(config, apply_fn, process, params, rng, mesh=None) -> dict:
+  """Mean bits/dim of ``eval.bpd_num`` images of ``eval.bpd_split`` (module doc).
+
+  With a `mesh`, each batch is a global array split over its devices (each
+  process reads its slice) and `params` are replicated on it.
+  """
   e, d = config.eval, config.diffusion
   discrete = d.type == "discrete"
   dc = copy.deepcopy(config.data)
   dc.split, dc.random_flip, dc.dequantize = e.bpd_split, False, not discrete
-  dc.batch_size = min(e.batch_size, e.bpd_num)
-  it = data.create(dc, seed=config.seed + 1)
+  dc.batch_size = _batch(e.batch_size, e.bpd_num, mesh)
+  it = data.create(dc, seed=config.seed + 1, process_index=jax.process_index(),
+                   process_count=jax.process_count())
+  shard = (lambda b: b) if mesh is None else (lambda b: parallel.shard_batch(b, mesh, "jit"))
   levels = it.levels
   num_classes = config.model.num_classes
 
@@ -304,9 +275,9 @@ def bits_per_dim(config, apply_fn, process, params, rng) -> dict:
 
   values, done, c = [], 0, 0
   while done < e.bpd_num:
-    batch = next(it)
-    values.append(np.asarray(batch_bpd(params, batch["image"], batch["label"],
-                                       jax.random.fold_in(rng, c)))[:e.bpd_num - done])
+    batch = shard({k: v for k, v in next(it).items() if k in ("image", "label")})
+    values.append(parallel.to_host(batch_bpd(params, batch["image"], batch["label"],
+                                             jax.random.fold_in(rng, c)))[:e.bpd_num - done])
     done, c = done + len(values[-1]), c + 1
   values = np.concatenate(values)
   method = ("ddpm_vlb: DDPM variational bound (total), discretised Gaussian decoder on the "
@@ -341,6 +312,20 @@ def _check_workdir_config(config, workdir: str) -> None:
                      f"{lines}\npass --config.allow_config_change=True to evaluate anyway")
 
 
+def _same_on_all_processes(flag: bool, path: str) -> bool:
+  """`flag` ("`path` holds a finished result"), checked to be the same on every
+  process: they must all skip a step or all run it (it has collectives)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  flags = np.asarray(multihost_utils.process_allgather(np.int32(flag)))
+  if flags.min() != flags.max():
+    raise RuntimeError(
+        f"{path} exists for processes {np.flatnonzero(flags).tolist()} only: every process "
+        "must see the same workdir (a shared filesystem)")
+  return flag
+
+
 def _write_json(path: str, obj) -> None:
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
@@ -358,9 +343,13 @@ def results_markdown(results: dict) -> str:
            "| sampler | steps | NFE | FID | KID (x1e3) | IS | time (s) |",
            "|---|---|---|---|---|---|---|"]
   for r in results["rounds"]:
-    lines.append(f"| `{r['spec']}` | {r['steps']} | {r['nfe'] if r['nfe'] is not None else 'adaptive'}"
-                 f" | {_fmt(r['fid'], digits=3)} | {_fmt(r['kid'], 1e3)} | "
-                 f"{_fmt(r['inception_score'])} | {_fmt(r['time_s'])} |")
+    if r["method"] == "data":  # Real images: no sampler.
+      steps, nfes, secs = "-", "-", "-"
+    else:
+      steps, secs = r["steps"], _fmt(r["time_s"])
+      nfes = r["nfe"] if r["nfe"] is not None else "adaptive"
+    lines.append(f"| `{r['spec']}` | {steps} | {nfes} | {_fmt(r['fid'], digits=3)} | "
+                 f"{_fmt(r['kid'], 1e3)} | {_fmt(r['inception_score'])} | {secs} |")
   b = results.get("bpd")
   if b:
     lines += ["", f"bits/dim ({b['split']} split, {b['num_images']} images): "
@@ -379,8 +368,20 @@ def evaluate(config, workdir: str) -> dict:
   for key in ("num_samples", "batch_size", "kept_features", "is_splits"):
     if e[key] < (2 if key == "kept_features" else 1):
       raise ValueError(f"config.eval.{key}={e[key]} is too small")
+  if e.baseline_split not in ("",) + data.SPLITS:
+    raise ValueError(f"config.eval.baseline_split={e.baseline_split!r} is unknown; valid: "
+                     f"'' (no data row), {', '.join(data.SPLITS)}")
   if e.bpd and e.bpd_num < 1:
     raise ValueError(f"config.eval.bpd_num={e.bpd_num} must be >= 1 (or eval.bpd=False)")
+  mesh = parallel.make_mesh()  # Every device of every process shares each call.
+  devices = mesh.devices.size
+  if e.batch_size % devices:
+    raise ValueError(f"config.eval.batch_size={e.batch_size} is not divisible by the "
+                     f"{devices} devices that share every sampler call")
+  if config.data.batch_size % jax.process_count():
+    raise ValueError(f"config.data.batch_size={config.data.batch_size} (the reference "
+                     f"statistics' read batch) is not divisible by the "
+                     f"{jax.process_count()} processes")
   extract = make_extractor(e)
   _check_workdir_config(config, workdir)
 
@@ -393,7 +394,8 @@ def evaluate(config, workdir: str) -> dict:
     step = ckpt.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first")
-    state, _ = ckpt.restore(step, experiment.abstract_state(create_fn, state_key))
+    state, _ = ckpt.restore(step, experiment.abstract_state(create_fn, state_key,
+                                                            parallel.replicated(mesh)))
   apply_fn = experiment.make_apply_fn(model, config, process)
   params = state.ema_params
   main = jax.process_index() == 0
@@ -404,21 +406,30 @@ def evaluate(config, workdir: str) -> dict:
 
   ref, ref_kept = None, None
   rounds = []
-  for spec in specs:
+  baseline = (f"data:{e.baseline_split}",) if e.baseline_split else ()
+  for spec in baseline + specs:
     path = os.path.join(rounds_dir, spec_filename(spec) + ".json")
+    row = None
     if os.path.exists(path):
       with open(path) as f:
         row = json.load(f)
-      if all(row.get(k) == v for k, v in ident.items()):
-        writers.echo(f"eval: skipping {spec} (done: {path})")
-        rounds.append(row)
-        continue
+    done = _same_on_all_processes(
+        row is not None and all(row.get(k) == v for k, v in ident.items()), path)
+    if done:
+      writers.echo(f"eval: skipping {spec} (done: {path})")
+      rounds.append(row)
+      continue
+    if row is not None:
       writers.echo(f"eval: recomputing {spec}: {path} is of another step, N or extractor")
     if ref is None:
       ref, ref_kept = reference_stats(config, workdir, extract)
-    writers.echo(f"eval: sampling {e.num_samples} images with {spec}")
-    row, stats = run_round(config, spec, apply_fn, process, params, sample_key, extract,
-                           ref, ref_kept)
+    if spec in baseline:
+      writers.echo(f"eval: scoring {e.num_samples} {e.baseline_split} images (the data row)")
+      row, stats = data_round(config, extract, ref, ref_kept, mesh)
+    else:
+      writers.echo(f"eval: sampling {e.num_samples} images with {spec}")
+      row, stats = run_round(config, spec, apply_fn, process, params, sample_key, extract,
+                             ref, ref_kept, mesh)
     row.update(ident)
     if main:
       np.savez(path[:-len(".json")] + "_stats.npz", **stats.to_arrays())
@@ -433,10 +444,13 @@ def evaluate(config, workdir: str) -> dict:
     if os.path.exists(bpd_path):
       with open(bpd_path) as f:
         bpd = json.load(f)
-    if not bpd or bpd.get("step") != step or bpd.get("num_images") != e.bpd_num:
+    done = _same_on_all_processes(
+        bool(bpd) and bpd.get("step") == step and bpd.get("num_images") == e.bpd_num, bpd_path)
+    if not done:
       writers.echo(f"eval: bits/dim on {e.bpd_num} {e.bpd_split} images")
       bpd = {**bits_per_dim(config, apply_fn, process, params,
-                            jax.random.fold_in(sample_key, 0x62706400)), "step": int(step)}
+                            jax.random.fold_in(sample_key, 0x62706400), mesh),
+             "step": int(step)}
       if main:
         _write_json(bpd_path, bpd)
     else:

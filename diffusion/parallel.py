@@ -314,6 +314,41 @@ def to_host(tree: PyTree) -> PyTree:
   return jax.tree.map(one, tree)
 
 
+def local_rows(x) -> np.ndarray:
+  """This process's rows of `x`, an array split on axis 0 over the 'data' mesh.
+
+  A fully addressable array comes back whole. Otherwise the rows held by this
+  process's devices, in order: one contiguous block, the process's slice, since
+  `make_mesh` orders the devices process by process. No communication.
+  """
+  if not isinstance(x, jax.Array) or x.is_fully_addressable:
+    return np.asarray(jax.device_get(x))
+  blocks = {}
+  for shard in x.addressable_shards:
+    start = shard.index[0].start or 0
+    blocks.setdefault(start, np.asarray(shard.data))  # Replicas of a block: one copy.
+  return np.concatenate([blocks[k] for k in sorted(blocks)])
+
+
+def gather_rows(local: np.ndarray) -> np.ndarray:
+  """The concatenation, in process order, of every process's `local` ``[n, ...]``.
+
+  A collective: every process calls it with the same shape and dtype. With one
+  process, `local` itself. Any dtype travels exactly (float64 included, without
+  jax_enable_x64): the bytes are sent as uint32 words.
+  """
+  local = np.ascontiguousarray(local)
+  if jax.process_count() == 1:
+    return local
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  if local.dtype.itemsize % 4:
+    raise TypeError(f"gather_rows sends 4-byte words; {local.dtype} has itemsize "
+                    f"{local.dtype.itemsize}")
+  words = local.reshape(local.shape[0], -1).view(np.uint32)
+  out = np.asarray(multihost_utils.process_allgather(words, tiled=True))
+  return out.view(local.dtype).reshape((-1,) + local.shape[1:])
+
+
 def unreplicate(state: PyTree, mode: str) -> PyTree:
   """The inverse of `replicate`: one copy of every leaf."""
   _check_mode(mode)

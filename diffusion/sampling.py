@@ -10,6 +10,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from diffusion import (checkpoint, experiment, parallel, parameterization, samplers, sdes,
                        visualize, writers)
@@ -30,13 +31,29 @@ def sampler_process(config, process):
   return sdes.VPSDE(beta_min=float(T * betas[0]), beta_max=float(T * betas[-1]))
 
 
+def batch_sharding(mesh, num_samples: int):
+  """The sharding of ``num_samples`` images split over every device of `mesh`
+  (None when `mesh` is None or has one device, or the devices do not divide N)."""
+  if mesh is None or mesh.devices.size == 1 or num_samples % mesh.devices.size:
+    return None
+  return NamedSharding(mesh, P(parallel.AXIS))
+
+
 def make_sample_fn(config, apply_fn, process, *, num_samples: int | None = None,
-                   return_trajectory: bool = False) -> Callable:
+                   return_trajectory: bool = False, mesh=None) -> Callable:
   """A jitted ``sample_fn(params, rng) -> x [N, H, W, C]`` (config.sample).
 
   ``N = num_samples`` (default ``config.sample.num_samples``). With
   `return_trajectory` it returns ``(x, traj)`` as the samplers do (``traj["x"]``
   ``[S, N, H, W, C]``; not with ``ode_method="rk45"``).
+
+  With a `mesh` whose devices divide N (`batch_sharding`), the N images are
+  split over all its devices (of all processes): every network input is
+  constrained to that batch sharding and so is the output, a global array
+  (`parallel.to_host` gathers it); `params` must then be replicated on the mesh
+  and every process must make the call. The noise is drawn by the same
+  counter-based threefry as without a mesh, so the samples do not depend on
+  how many devices or processes share them (up to float rounding).
   """
   s, d = config.sample, config.diffusion
   n = s.num_samples if num_samples is None else num_samples
@@ -47,9 +64,12 @@ def make_sample_fn(config, apply_fn, process, *, num_samples: int | None = None,
   clip = 1.0 if s.clip_denoised else None
   sde = sampler_process(config, process)
   traj = {"return_trajectory": True} if return_trajectory else {}
+  sharding = batch_sharding(mesh, n)
+  split = (lambda x: x) if sharding is None else (
+      lambda x: jax.lax.with_sharding_constraint(x, sharding))
 
   def sample_fn(params, rng):
-    net = lambda x, t: apply_fn(params, x, t, y)
+    net = lambda x, t: apply_fn(params, split(x), t, y)
     if d.type == "discrete":
       eps_fn = parameterization.eps_fn_from_model(net, d.prediction, process)
       if s.method == "ddpm":
@@ -72,7 +92,14 @@ def make_sample_fn(config, apply_fn, process, *, num_samples: int | None = None,
     return samplers.probability_flow(score_fn, sde, rng, shape, num_steps=s.num_steps,
                                      method=s.ode_method, eps=s.eps, **traj)
 
-  return jax.jit(sample_fn)
+  if sharding is None:
+    return jax.jit(sample_fn)
+
+  def sharded_fn(params, rng):
+    out = sample_fn(params, rng)
+    return (split(out[0]), out[1]) if return_trajectory else split(out)
+
+  return jax.jit(sharded_fn)
 
 
 # --------------------------------------------------------------------------
@@ -118,21 +145,24 @@ def sample(config, workdir: str) -> str:
     step = ckpt.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first")
-    # Several processes restore collectively into replicated global arrays;
-    # every process then runs the same sampler calls and process 0 writes.
-    sharding = parallel.replicated(parallel.make_mesh()) if jax.process_count() > 1 else None
-    state, _ = ckpt.restore(step, experiment.abstract_state(create_fn, state_key, sharding))
+    # The params are replicated on every device of every process (several
+    # processes restore collectively into global arrays); each sampler call is
+    # split over all devices where they divide its batch, and process 0 writes.
+    mesh = parallel.make_mesh()
+    state, _ = ckpt.restore(step, experiment.abstract_state(
+        create_fn, state_key, parallel.replicated(mesh)))
   apply_fn = experiment.make_apply_fn(model, config, process)
   n, grid_n = s.num_samples, min(s.num_samples, s.grid_size)
   batch = min(s.batch_size, n - grid_n) if n > grid_n else 0
 
   t0 = time.time()
-  traj_fn = make_sample_fn(config, apply_fn, process, num_samples=grid_n, return_trajectory=True)
+  traj_fn = make_sample_fn(config, apply_fn, process, num_samples=grid_n, return_trajectory=True,
+                           mesh=mesh)
   first, traj = traj_fn(state.ema_params, jax.random.fold_in(sample_key, 0))
   first, traj_x = parallel.to_host(first), parallel.to_host(traj["x"])
   chunks = [first]
   if batch:
-    chunk_fn = make_sample_fn(config, apply_fn, process, num_samples=batch)
+    chunk_fn = make_sample_fn(config, apply_fn, process, num_samples=batch, mesh=mesh)
     for c in range(1, 1 + -(-(n - grid_n) // batch)):
       chunks.append(parallel.to_host(
           chunk_fn(state.ema_params, jax.random.fold_in(sample_key, c))))

@@ -10,9 +10,10 @@ at the end) to ``workdir/samples/step_XXXXXX.png`` (`sampling`).
 Several processes (multi-host, `parallel.initialize_distributed`): every
 process runs this same loop on its slice of each global batch; the state is
 replicated on the global mesh; checkpoints are saved and restored by all
-processes together (Orbax); the sample grid is computed by every process (the
-jitted sampler over the replicated EMA params, no communication) and written
-by process 0, which alone writes config.json, metrics.jsonl, wandb and images.
+processes together (Orbax); the sample grid is split over all devices of all
+processes (in jit mode, when their number divides the grid), gathered, and
+written by process 0, which alone writes config.json, metrics.jsonl, wandb and
+images.
 
 Workdir layout::
 
@@ -34,8 +35,9 @@ from diffusion import train_state as ts
 
 
 def _save_grid(path: str, images) -> None:
+  images = parallel.to_host(images)  # A collective when the grid is split over processes.
   if jax.process_index() == 0:
-    visualize.save_png(path, visualize.image_grid(parallel.to_host(images)))
+    visualize.save_png(path, visualize.image_grid(images))
 
 
 # --------------------------------------------------------------------------
@@ -163,7 +165,9 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
   compiled = parallel.compile_step(
       parallel.make_train_step(experiment.make_loss_fn(config, apply_fn, process), tx, config),
       tc.parallel, mesh, steps_per_call=k)
-  sample_fn = sampling.make_sample_fn(config, apply_fn, process)
+  # jit mode: each grid is split over all devices (where they divide it).
+  sample_fn = sampling.make_sample_fn(config, apply_fn, process,
+                                      mesh=mesh if tc.parallel == "jit" else None)
   state = compiled.replicate(state)
   writer = writers.MetricWriter(workdir, config, start_step=step)
   bar = writers.ProgressBar(step, tc.num_steps)
@@ -215,7 +219,9 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
           t_log += time.time() - t0  # steps_per_sec counts training time only.
         if preempted:
           ckpt.wait_until_finished()
-          writers.echo(f"{stop['signal']}: stopped at step {step} of {tc.num_steps} and saved "
+          # With several processes, only some may have received the signal.
+          reason = stop.get("signal", "another process's stop signal")
+          writers.echo(f"{reason}: stopped at step {step} of {tc.num_steps} and saved "
                        f"its checkpoint in {ckpt.directory}; run the same command to resume.")
           break
   except parallel.NonFiniteError as e:

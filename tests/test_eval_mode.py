@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from diffusion import classify, data, eval_mode
+from diffusion import data, eval_mode, sampler_specs
 from diffusion import evaluate as metrics
+import tiny_classifier
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SPECS = ("ddim:steps=4,eta=0", "ddim:steps=4,eta=1")
+BASELINE = "--config.eval.baseline_split=test"  # A first row "data:test" of real images.
 
 
 def _main(workdir, cache, *flags):
@@ -45,40 +47,36 @@ def run(tmp_path_factory):
   cache, workdir, clf = root / "xla_cache", root / "w", root / "classifier"
   training = _main(workdir, cache, "--config.train.num_steps=2", "--config.train.sample_every=0")
   try:
-    config = smoke.get_config().data
-    config.update(dequantize=False, batch_size=1797)
-    batch = next(data.create(config, seed=0))
-    model, params = classify.train(batch["image"], batch["label"], steps=50, batch_size=64,
-                                   lr=3e-3, channels=(8, 16), features=32)
-    classify.save(str(clf), model, params, {"note": "test_eval_mode"})
+    tiny_classifier.train_and_save(clf, "test_eval_mode")
   finally:
     _finish(training)
   flag = f"--config.eval.classifier_path={clf}"
-  first = _finish(_main(workdir, cache, "--mode=eval", flag))
+  first = _finish(_main(workdir, cache, "--mode=eval", flag, BASELINE))
   rounds = workdir / "eval" / "rounds"
   mtimes = {p.name: p.stat().st_mtime_ns for p in rounds.glob("*.json")}
   results_first = json.loads((workdir / "eval" / "results.json").read_text())
   (rounds / (eval_mode.spec_filename(SPECS[1]) + ".json")).unlink()
-  second = _finish(_main(workdir, cache, "--mode=eval", flag))
-  return {"workdir": workdir, "first": first, "second": second, "mtimes": mtimes,
+  second = _finish(_main(workdir, cache, "--mode=eval", flag, BASELINE))
+  return {"workdir": workdir, "classifier": clf, "first": first, "second": second, "mtimes": mtimes,
           "results_first": results_first,
           "results": json.loads((workdir / "eval" / "results.json").read_text())}
 
 
 def test_results_have_one_row_per_sampler(run):
   results = run["results"]
-  assert [r["spec"] for r in results["rounds"]] == list(SPECS)
+  assert [r["spec"] for r in results["rounds"]] == ["data:test", *SPECS]
   assert results["step"] == 2 and results["features"] == "classifier"
-  for r in results["rounds"]:
+  for r in results["rounds"][1:]:
     assert r["steps"] == 4 and r["nfe"] == 4 and r["num_samples"] == 20
     assert r["fid"] >= 0.0 and np.isfinite(r["kid"])
     assert 1.0 <= r["inception_score"] <= 10.0
     assert r["time_s"] > 0.0 and r["compile_s"] > 0.0
-  assert results["rounds"][0]["settings"]["eta"] == 0.0
-  assert results["rounds"][1]["settings"]["eta"] == 1.0
+  assert results["rounds"][1]["settings"]["eta"] == 0.0
+  assert results["rounds"][2]["settings"]["eta"] == 1.0
   md = (run["workdir"] / "eval" / "results.md").read_text()
   assert "| sampler | steps | NFE | FID | KID (x1e3) | IS | time (s) |" in md
   assert sum(line.startswith("| `ddim:steps=4") for line in md.splitlines()) == 2
+  assert "| `data:test` | - | - |" in md
   assert "bits/dim" in md
 
 
@@ -96,6 +94,34 @@ def test_fid_is_the_distance_of_the_saved_statistics(run):
     assert metrics.fid(stats, ref) == pytest.approx(r["fid"], rel=1e-9, abs=1e-12)
 
 
+def test_data_row_scores_the_first_test_images(run):
+  """The "data:test" row's statistics are those of the classifier features of
+  the first 20 test images (the data iterator's order at seed + 2), computed
+  here independently, in the same two updates of 10: the same float64
+  arithmetic, so equal to 1e-12 (a different update order would change the
+  rank-deficient covariance (N=20 < D=32) by ~1e-16 and FID's matrix square
+  root by ~sqrt(1e-16): 1e-8, measured 9e-8)."""
+  row = run["results"]["rounds"][0]
+  assert row["method"] == "data" and row["nfe"] == 0 and row["num_samples"] == 20
+  config = smoke.get_config()
+  config.eval.classifier_path = str(run["classifier"])
+  dc = config.data
+  dc.update(split="test", dequantize=False, random_flip=False, batch_size=10)
+  it = data.create(dc, seed=config.seed + 2)
+  feats, _ = eval_mode.make_extractor(config.eval)(
+      np.concatenate([next(it)["image"] for _ in range(2)]))
+  expected = metrics.FeatureStats(feats.shape[1]).update(feats[:10]).update(feats[10:])
+  ev = run["workdir"] / "eval"
+  with np.load(ev / "rounds" / "data_test_stats.npz") as f:
+    saved = metrics.FeatureStats.from_arrays(dict(f))
+  with np.load(ev / "reference_classifier_train.npz") as f:
+    ref = metrics.FeatureStats.from_arrays(dict(f))
+  assert saved.count == 20
+  np.testing.assert_allclose(saved.mean, expected.mean, rtol=1e-12, atol=1e-15)
+  assert row["fid"] == pytest.approx(metrics.fid(expected, ref), rel=1e-12)
+  assert "skipping data:test" in run["second"]
+
+
 def test_killed_eval_resumes_with_only_the_missing_round(run):
   kept, redone = (eval_mode.spec_filename(s) + ".json" for s in SPECS)
   rounds = run["workdir"] / "eval" / "rounds"
@@ -106,7 +132,7 @@ def test_killed_eval_resumes_with_only_the_missing_round(run):
   assert f"eval: sampling 20 images with {SPECS[0]}" not in run["second"]
   assert "skipping bits/dim" in run["second"]
   # Deterministic given the seed and the spec: the recomputed round is the same.
-  before, after = run["results_first"]["rounds"][1], run["results"]["rounds"][1]
+  before, after = run["results_first"]["rounds"][2], run["results"]["rounds"][2]
   for key in ("fid", "kid", "inception_score"):
     assert after[key] == pytest.approx(before[key], rel=1e-6)
 
@@ -125,32 +151,32 @@ def test_bits_per_dim_once_per_model(run):
 
 
 def test_parse_sampler_spec():
-  assert eval_mode.parse_sampler_spec("ddpm") == ("ddpm", {})
-  assert eval_mode.parse_sampler_spec("ddim:steps=50,eta=0") == (
+  assert sampler_specs.parse_sampler_spec("ddpm") == ("ddpm", {})
+  assert sampler_specs.parse_sampler_spec("ddim:steps=50,eta=0") == (
       "ddim", {"num_steps": 50, "eta": 0.0})
-  assert eval_mode.parse_sampler_spec(" probability_flow: steps=100, ode_method=heun") == (
+  assert sampler_specs.parse_sampler_spec(" probability_flow: steps=100, ode_method=heun") == (
       "probability_flow", {"num_steps": 100, "ode_method": "heun"})
-  assert eval_mode.parse_sampler_spec(
+  assert sampler_specs.parse_sampler_spec(
       "predictor_corrector:steps=1000,corrector=langevin,corrector_steps=2,snr=0.1") == (
       "predictor_corrector", {"num_steps": 1000, "corrector": "langevin", "corrector_steps": 2,
                               "snr": 0.1})
-  assert eval_mode.parse_sampler_spec("ddpm:clip=false") == ("ddpm", {"clip_denoised": False})
+  assert sampler_specs.parse_sampler_spec("ddpm:clip=false") == ("ddpm", {"clip_denoised": False})
   with pytest.raises(ValueError, match=r"'ddim:steps=5,temp=1'.*'temp'.*steps, eta, clip"):
-    eval_mode.parse_sampler_spec("ddim:steps=5,temp=1")
+    sampler_specs.parse_sampler_spec("ddim:steps=5,temp=1")
   with pytest.raises(ValueError, match="unknown sampler 'heun'.*ddpm, ddim"):
-    eval_mode.parse_sampler_spec("heun:steps=5")
+    sampler_specs.parse_sampler_spec("heun:steps=5")
   with pytest.raises(ValueError, match="steps='ten' is not a int"):
-    eval_mode.parse_sampler_spec("ddim:steps=ten")
+    sampler_specs.parse_sampler_spec("ddim:steps=ten")
   with pytest.raises(ValueError, match="not key=value"):
-    eval_mode.parse_sampler_spec("ddim:steps")
+    sampler_specs.parse_sampler_spec("ddim:steps")
   with pytest.raises(ValueError, match="given twice"):
-    eval_mode.parse_sampler_spec("ddim:steps=4,steps=5")
+    sampler_specs.parse_sampler_spec("ddim:steps=4,steps=5")
   assert eval_mode.spec_filename("ddim:steps=50,eta=0") == "ddim_steps-50_eta-0"
   config = smoke.get_config()
   for spec, n in (("ddpm", 100), ("ddim:steps=7", 7), ("probability_flow:steps=10", 20),
                   ("probability_flow:ode_method=rk45", None),
                   ("predictor_corrector:steps=10,corrector_steps=2", 30)):
-    assert eval_mode.nfe(eval_mode.sampler_config(config, spec)) == n, spec
+    assert sampler_specs.nfe(sampler_specs.sampler_config(config, spec)) == n, spec
 
 
 def test_errors_come_before_any_compute(tmp_path):

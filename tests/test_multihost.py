@@ -9,10 +9,15 @@ and the other processes' cache keys differ, so process 1 compiles in every
            samples at 4                                         -> "mp"
   sp:      1 process x 4 devices, 6 steps                         -> "sp"
   mp->sp:  "mp"'s checkpoint 4 continued to 6 by 1 process x 4    -> "mp_sp"
+  eval:    `--mode eval` of "mp"'s checkpoint 4 by `launch.sh multiprocess
+           2` and by 1 process x 1 device on a copy              -> "mp_eval1"
   sp->mp:  "sp"'s checkpoint 2 continued by 2 processes (started
            directly, no launch.sh) to checkpoint 4 and beyond; then
-           process 1 is SIGKILLed: process 0 must exit non-zero
-           within 60 s, naming the dead task                      -> "killed"
+           process 1 gets SIGTERM: both must save one step and
+           exit 0 within 60 s                                     -> "killed"
+  resume:  the same 2-process command resumes there; after its next
+           checkpoint process 1 is SIGKILLed: process 0 must exit
+           non-zero within 60 s, naming the dead task
   rerun:   `launch.sh multiprocess 2` in "killed": resumes from its
            last checkpoint
 
@@ -20,6 +25,7 @@ Global batch, per-device keys (global device index) and data slices are those
 of one process with 4 devices, so the parameters agree to float rounding (the
 all-reduce sums in another order).
 """
+import json
 import os
 import pathlib
 import shutil
@@ -33,11 +39,15 @@ import jax
 import numpy as np
 import pytest
 
+from configs import smoke
 from diffusion import checkpoint, parallel, writers
+import tiny_classifier
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TOL = 1e-6
 KILL_DEADLINE_S = 60
+EVAL_BATCH = 8  # 20 samples: calls of 8, 8, 8 (the last cut to 4); divisible by 4 devices.
+EVAL_RTOL = 1e-5  # Derived in test_eval_split_over_processes_equals_one_device.
 
 
 def _env(cache_dir, devices=None):
@@ -127,6 +137,22 @@ def _wait_for(path, procs, timeout=240.0):
   raise AssertionError(f"no {path} after {timeout:.0f}s")
 
 
+def _start_two(workdir, flags, cache):
+  """Two processes x 2 devices started directly (no launch.sh), output piped."""
+  port, env = _free_port(), _env(cache, devices=2)
+  flags = [*flags, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
+  return [subprocess.Popen(_main_cmd(workdir, *flags, f"--process_id={i}"), cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+          for i in range(2)]
+
+
+def _kill(procs):
+  for p in procs:
+    if p.poll() is None:
+      p.kill()
+    p.communicate()
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("multihost")
@@ -139,19 +165,40 @@ def runs(tmp_path_factory):
   _copy_checkpoints(root / "mp", root / "mp_sp", [2, 4])
   out["mp_sp_proc"] = _single(root / "mp_sp", "--config.train.sample_every=0", cache_dir=cache)
 
-  # sp -> mp, then SIGKILL one process.
+  # Eval of "mp"'s checkpoint 4 by 2 processes x 2 devices, and by 1 process
+  # with 1 device on a copy; a tiny classifier gives the features.
+  clf = root / "classifier"
+  tiny_classifier.train_and_save(clf, "test_multihost")
+  _copy_checkpoints(root / "mp", root / "mp_eval1", [4])
+  eval_flags = ["--mode=eval", "--config.train.num_steps=4", "--config.train.sample_every=4",
+                f"--config.eval.classifier_path={clf}", f"--config.eval.batch_size={EVAL_BATCH}"]
+  out["mp_eval_proc"] = _launch(2, root / "mp", *eval_flags, cache_dir=cache)
+  out["sp_eval_proc"] = _single(root / "mp_eval1", *eval_flags, cache_dir=cache, devices=1)
+
+  # sp -> mp; process 1 gets SIGTERM (a preemption notice): both stop at the
+  # same step, save it and exit 0.
   killed = root / "killed"
   _copy_checkpoints(root / "sp", killed, [2])
-  port, env = _free_port(), _env(cache, devices=2)
   flags = ["--config.train.num_steps=100000", "--config.train.log_every=1",
            "--config.train.ckpt_every=2", "--config.train.sample_every=0",
-           "--heartbeat_timeout=5", f"--coordinator_address=127.0.0.1:{port}",
-           "--num_processes=2"]
-  procs = [subprocess.Popen(_main_cmd(killed, *flags, f"--process_id={i}"), cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for i in range(2)]
+           "--heartbeat_timeout=5"]
+  procs = _start_two(killed, flags, cache)
   try:
     _wait_for(killed / "checkpoints" / "4", procs)
+    procs[1].send_signal(signal.SIGTERM)
+    t0 = time.time()
+    outputs = [p.communicate(timeout=KILL_DEADLINE_S + 60)[0] for p in procs]
+    out["term_s"], out["term_outputs"] = time.time() - t0, outputs
+    out["term_rcs"] = [p.returncode for p in procs]
+  finally:
+    _kill(procs)
+  out["term_last"] = _steps(killed)[-1]
+
+  # Resume the preempted run, then SIGKILL process 1 after its next checkpoint.
+  nxt = out["term_last"] + 2 - out["term_last"] % 2
+  procs = _start_two(killed, flags, cache)
+  try:
+    _wait_for(killed / "checkpoints" / str(nxt), procs)
     procs[1].send_signal(signal.SIGKILL)
     t0 = time.time()
     try:
@@ -161,10 +208,7 @@ def runs(tmp_path_factory):
     out["survivor_s"] = time.time() - t0
     out["survivor_rc"], out["survivor_output"] = procs[0].returncode, output
   finally:
-    for p in procs:
-      if p.poll() is None:
-        p.kill()
-      p.communicate()
+    _kill(procs)
   out["killed_last"] = _steps(killed)[-1]
   out["rerun_proc"] = _launch(2, killed, f"--config.train.num_steps={out['killed_last'] + 2}",
                               "--config.train.sample_every=0", cache_dir=cache)
@@ -193,8 +237,20 @@ def test_checkpoints_move_between_process_counts(runs):
   assert "training from step 4 to 6" in runs["mp_sp_proc"].stderr
   assert _max_diff(root / "mp_sp", root / "sp", 6) < TOL
   # 1 process -> 2: resumed at 2, its checkpoint 4 is the 1-process one.
-  assert "training from step 2 to 100000" in runs["survivor_output"]
+  assert "training from step 2 to 100000" in runs["term_outputs"][0]
   assert _max_diff(root / "killed", root / "sp", 4) < TOL
+
+
+def test_sigterm_to_one_process_stops_all_at_one_saved_step(runs):
+  """A preemption notice reaching one process: the step's collective stop flag
+  makes both save the same step and exit 0; the next run resumes there."""
+  assert runs["term_rcs"] == [0, 0], runs["term_outputs"][0][-3000:]
+  assert runs["term_s"] < KILL_DEADLINE_S
+  last = runs["term_last"]
+  assert last >= 4
+  assert (f"another process's stop signal: stopped at step {last} of 100000"
+          in runs["term_outputs"][0])  # Process 0 never got the signal itself.
+  assert f"training from step {last} to 100000" in runs["survivor_output"]
 
 
 def test_killed_process_stops_the_survivor_and_the_rerun_resumes(runs):
@@ -202,9 +258,36 @@ def test_killed_process_stops_the_survivor_and_the_rerun_resumes(runs):
   assert runs["survivor_s"] < KILL_DEADLINE_S
   assert "another task died" in runs["survivor_output"]
   last = runs["killed_last"]
-  assert last >= 4 and last % 2 == 0
+  assert last > runs["term_last"] and last % 2 == 0
   assert f"training from step {last} to {last + 2}" in runs["rerun_proc"].stdout
   assert _steps(runs["root"] / "killed")[-1] == last + 2
+
+
+def test_eval_split_over_processes_equals_one_device(runs):
+  """`--mode eval` by 2 processes x 2 devices (every sampler call, bits/dim
+  batch and reference batch split four ways, features gathered) gives the
+  numbers of 1 process with 1 device. The per-image arithmetic is the same,
+  only on other batch shapes, so images agree to float32 rounding
+  (sampling.make_sample_fn on 4 devices vs 1: max |diff| 1.2e-7 at |x| <= 1,
+  one ulp) and so do the statistics; EVAL_RTOL allows 100x that."""
+  root = runs["root"]
+  assert "[0] eval: wrote" in runs["mp_eval_proc"].stdout
+  a = json.loads((root / "mp" / "eval" / "results.json").read_text())
+  b = json.loads((root / "mp_eval1" / "eval" / "results.json").read_text())
+  assert [r["spec"] for r in a["rounds"]] == [r["spec"] for r in b["rounds"]] == list(
+      smoke.get_config().eval.samplers)
+  for ra, rb in zip(a["rounds"], b["rounds"]):
+    assert ra["num_samples"] == rb["num_samples"] == 20
+    for key in ("fid", "kid", "inception_score", "precision", "recall"):
+      assert ra[key] == pytest.approx(rb[key], rel=EVAL_RTOL, abs=1e-9), (ra["spec"], key)
+  assert a["bpd"]["num_images"] == b["bpd"]["num_images"] == 8
+  assert a["bpd"]["bits_per_dim"] == pytest.approx(b["bpd"]["bits_per_dim"], rel=EVAL_RTOL)
+  ref_a = np.load(root / "mp" / "eval" / "reference_classifier_train.npz")
+  ref_b = np.load(root / "mp_eval1" / "eval" / "reference_classifier_train.npz")
+  np.testing.assert_allclose(ref_a["features"], ref_b["features"], rtol=EVAL_RTOL, atol=1e-6)
+  # Only process 0 wrote: one results file, no stray temporary files.
+  assert sorted(os.listdir(root / "mp" / "eval" / "rounds")) == sorted(
+      os.listdir(root / "mp_eval1" / "eval" / "rounds"))
 
 
 def test_launch_kills_the_others_when_one_fails(tmp_path):
