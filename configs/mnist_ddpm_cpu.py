@@ -56,4 +56,23 @@ def get_config(arg=None):
   config.sample.num_steps = 100
   config.sample.eta = 0.0
   config.sample.num_samples = 64
+
+  # --mode eval: the README's table. The DDIM paper's rows (DDIM 10/20/50/100
+  # steps at eta 0 and 1, DDPM 1000), Euler-Maruyama on the VP SDE of these
+  # betas at the same 1000 steps, the probability-flow ODE with 50 Heun steps
+  # (100 evaluations); N = 256 samples each (~2,500 network evaluations per
+  # sample over all rows at ~250 images/s: ~45 minutes on 2 cores), plus a
+  # row of 256 real test images (the floor of each metric at this N), scored
+  # by the project's classifier (`python -m diffusion.classify`), and bits/dim
+  # (DDPM's bound, 1000 terms per image) on 64 test images.
+  config.eval.samplers = (
+      "ddim:steps=10,eta=0", "ddim:steps=20,eta=0", "ddim:steps=50,eta=0",
+      "ddim:steps=100,eta=0", "ddim:steps=10,eta=1", "ddim:steps=20,eta=1",
+      "ddim:steps=50,eta=1", "ddim:steps=100,eta=1", "probability_flow:steps=50,ode_method=heun",
+      "euler_maruyama:steps=1000", "ddpm")
+  config.eval.num_samples = 256
+  config.eval.batch_size = 256
+  config.eval.features = "classifier"
+  config.eval.baseline_split = "test"
+  config.eval.bpd_num = 64
   return default.apply_variant(config, arg, source="mnist_ddpm_cpu.py")
