@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from configs import smoke
-from diffusion import data
+from diffusion import data, data_sources
 
 MNIST_DIR = "/work/shared/data/mnist"
 
@@ -88,19 +88,19 @@ def test_files_errors(tmp_path):
 def test_center_crop_and_area_resize_exact():
   blocks = np.kron(np.array([[0, 40], [80, 120]]), np.ones((2, 2), np.int64))  # 4x4
   wide = np.pad(blocks, ((0, 0), (1, 1)), constant_values=255)[..., None]  # 4x6
-  np.testing.assert_array_equal(data._fit(wide, 4, 1, "t")[..., 0], blocks)  # crop only
-  squashed = data._fit(wide, 2, 1, "t", crop="none")  # No crop: means of 2x3 blocks.
+  np.testing.assert_array_equal(data_sources.fit(wide, 4, 1, "t")[..., 0], blocks)  # crop only
+  squashed = data_sources.fit(wide, 2, 1, "t", crop="none")  # No crop: means of 2x3 blocks.
   np.testing.assert_array_equal(squashed[..., 0], [[85, 112], [138, 165]])  # (255+0+0)/3...
-  np.testing.assert_array_equal(data._fit(wide, 2, 1, "t")[..., 0], [[0, 40], [80, 120]])
+  np.testing.assert_array_equal(data_sources.fit(wide, 2, 1, "t")[..., 0], [[0, 40], [80, 120]])
   tall = np.transpose(wide, (1, 0, 2))  # 6x4: crops rows instead.
-  np.testing.assert_array_equal(data._fit(tall, 2, 1, "t")[..., 0], [[0, 80], [40, 120]])
+  np.testing.assert_array_equal(data_sources.fit(tall, 2, 1, "t")[..., 0], [[0, 80], [40, 120]])
   checker = (np.indices((4, 4)).sum(0) % 2 * 200)[..., None]  # 1-pixel checkerboard
-  np.testing.assert_array_equal(data._fit(checker, 2, 1, "t"), np.full((2, 2, 1), 100))
-  np.testing.assert_array_equal(data._fit(checker, 1, 1, "t"), [[[100]]])
+  np.testing.assert_array_equal(data_sources.fit(checker, 2, 1, "t"), np.full((2, 2, 1), 100))
+  np.testing.assert_array_equal(data_sources.fit(checker, 1, 1, "t"), [[[100]]])
   with pytest.raises(ValueError, match="image_size=5 but the t images are 4x6.*upscaled"):
-    data._fit(wide, 5, 1, "t")
+    data_sources.fit(wide, 5, 1, "t")
   with pytest.raises(ValueError, match="crop='middle'.*none, center"):
-    data._fit(wide, 2, 1, "t", crop="middle")
+    data_sources.fit(wide, 2, 1, "t", crop="middle")
 
 
 def test_resize_through_create_with_npz(tmp_path):
@@ -117,15 +117,15 @@ def test_resize_through_create_with_npz(tmp_path):
 
 def test_channel_conversion():
   rgb = np.random.default_rng(0).integers(0, 256, (5, 7, 3)).astype(np.uint8)
-  gray = data._convert_channels(rgb, 1, "t")
+  gray = data_sources._convert_channels(rgb, 1, "t")
   np.testing.assert_array_equal(gray[..., 0], np.asarray(Image.fromarray(rgb).convert("L")))
-  np.testing.assert_array_equal(data._convert_channels(gray, 3, "t"), np.repeat(gray, 3, -1))
+  np.testing.assert_array_equal(data_sources._convert_channels(gray, 3, "t"), np.repeat(gray, 3, -1))
   rgba = np.concatenate([rgb, np.zeros_like(rgb[..., :1])], -1)
-  np.testing.assert_array_equal(data._convert_channels(rgba, 3, "t"), rgb)
+  np.testing.assert_array_equal(data_sources._convert_channels(rgba, 3, "t"), rgb)
   with pytest.raises(ValueError, match="channels=3 but the t images have 2 channels"):
-    data._convert_channels(rgb[..., :2], 3, "t")
+    data_sources._convert_channels(rgb[..., :2], 3, "t")
   with pytest.raises(ValueError, match="channels=4"):
-    data._convert_channels(rgb, 4, "t")
+    data_sources._convert_channels(rgb, 4, "t")
   config = _config(source="digits", image_size=8, channels=3, batch_size=4)
   image = next(data.create(config, seed=0))["image"]  # Gray digits as RGB.
   assert image.shape == (4, 8, 8, 3) and (image == image[..., :1]).all()
@@ -209,7 +209,7 @@ def test_tfds_encoded_images_decode_with_pillow():
   source.append({"image": np.full((8, 8, 1), 50, np.uint8)})  # No label: 0.
   config = _config(source="tfds", name="stand_in", image_size=4, channels=1, batch_size=5,
                    crop="center")
-  batch = next(data.create(config, seed=0, loaded=data._load_tfds(config, source)))
+  batch = next(data.create(config, seed=0, loaded=data_sources._load_tfds(config, source)))
   got = dict(zip(_to_uint8(batch["image"])[:, 0, 0, 0].tolist(), batch["label"].tolist()))
   assert batch["image"].shape == (5, 4, 4, 1) and got == {0: 0, 10: 1, 20: 2, 30: 3, 50: 0}
 
