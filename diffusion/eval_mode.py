@@ -338,9 +338,12 @@ def _fmt(v, scale=1.0, digits=2):
 
 
 def results_markdown(results: dict) -> str:
+  # KID x 1e3 is the convention for Inception features; the classifier's
+  # features have another scale, so their KID is printed as it is.
+  kid_scale, kid_head = (1e3, "KID (x1e3)") if results["features"] == "inception" else (1.0, "KID")
   lines = [f"# Evaluation of step {results['step']} ({results['features']} features, "
            f"{results['num_samples']} samples per sampler)", "",
-           "| sampler | steps | NFE | FID | KID (x1e3) | IS | time (s) |",
+           f"| sampler | steps | NFE | FID | {kid_head} | IS | time (s) |",
            "|---|---|---|---|---|---|---|"]
   for r in results["rounds"]:
     if r["method"] == "data":  # Real images: no sampler.
@@ -349,7 +352,7 @@ def results_markdown(results: dict) -> str:
       steps, secs = r["steps"], _fmt(r["time_s"])
       nfes = r["nfe"] if r["nfe"] is not None else "adaptive"
     lines.append(f"| `{r['spec']}` | {steps} | {nfes} | {_fmt(r['fid'], digits=3)} | "
-                 f"{_fmt(r['kid'], 1e3)} | {_fmt(r['inception_score'])} | {secs} |")
+                 f"{_fmt(r['kid'], kid_scale)} | {_fmt(r['inception_score'])} | {secs} |")
   b = results.get("bpd")
   if b:
     lines += ["", f"bits/dim ({b['split']} split, {b['num_images']} images): "

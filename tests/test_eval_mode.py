@@ -76,7 +76,9 @@ def test_results_have_one_row_per_sampler(run):
   assert results["rounds"][1]["settings"]["eta"] == 0.0
   assert results["rounds"][2]["settings"]["eta"] == 1.0
   md = (run["workdir"] / "eval" / "results.md").read_text()
-  assert "| sampler | steps | NFE | FID | KID (x1e3) | IS | time (s) |" in md
+  assert "| sampler | steps | NFE | FID | KID | IS | time (s) |" in md  # Classifier: KID as is.
+  kid = results["rounds"][1]["kid"]
+  assert f"| {results['rounds'][1]['fid']:.3f} | {kid:.2f} |" in md
   assert sum(line.startswith("| `ddim:steps=4") for line in md.splitlines()) == 2
   assert "| `data:test` | - | - |" in md
   assert "bits/dim" in md
