@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from configs import default
-from diffusion import experiment, sampling, sdes
+from diffusion import experiment, sampler_specs, sampling, sdes
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem != "__init__")
@@ -27,6 +27,7 @@ PARAMS = {
     "fashion_mnist_ddpm": 6_469_889,
     "flowers_ddim": 20_761_923,
     "mnist_ddpm": 6_469_889,
+    "mnist_ddpm_cpu": 1_112_801,  # The README result table's scaled-down run.
     "smoke": 10_593,
 }
 
@@ -68,6 +69,8 @@ def test_config_loads_locked_and_valid(name):
   with pytest.raises(AttributeError):
     config.no_such_section = 1
   experiment.validate_config(config)
+  for spec in config.eval.samplers:  # --mode eval's specs parse and fit the model.
+    assert sampler_specs.sampler_config(config, spec).sample.method == spec.split(":")[0]
   doc = importlib.import_module(f"configs.{name}").__doc__ or ""
   assert len(doc) > 200, f"configs/{name}.py needs a docstring citing its numbers"
 
