@@ -202,6 +202,7 @@ def run_round(config, spec, apply_fn, process, params, sample_key, extract, ref,
   t0 = time.perf_counter()
   compiled = fn.lower(params, key).compile()
   compile_s = time.perf_counter() - t0
+  parallel.barrier("eval_" + spec_filename(spec))  # All compiled before the first collective.
   timing = {"sample_s": 0.0}
 
   def chunks():
@@ -276,8 +277,11 @@ def bits_per_dim(config, apply_fn, process, params, rng, mesh=None) -> dict:
   values, done, c = [], 0, 0
   while done < e.bpd_num:
     batch = shard({k: v for k, v in next(it).items() if k in ("image", "label")})
-    values.append(parallel.to_host(batch_bpd(params, batch["image"], batch["label"],
-                                             jax.random.fold_in(rng, c)))[:e.bpd_num - done])
+    args = (params, batch["image"], batch["label"], jax.random.fold_in(rng, c))
+    if c == 0:  # Compiled ahead; all processes compiled before the first collective.
+      compiled = batch_bpd.lower(*args).compile()
+      parallel.barrier("eval_bpd")
+    values.append(parallel.to_host(compiled(*args))[:e.bpd_num - done])
     done, c = done + len(values[-1]), c + 1
   values = np.concatenate(values)
   method = ("ddpm_vlb: DDPM variational bound (total), discretised Gaussian decoder on the "

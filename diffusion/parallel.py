@@ -144,7 +144,27 @@ def initialize_distributed(coordinator_address: str | None = None,
   jax.distributed.initialize(coordinator_address, num_processes, process_id,
                              initialization_timeout=initialization_timeout,
                              heartbeat_timeout_seconds=heartbeat_timeout_seconds)
+  barrier("diffusion_initialized", initialization_timeout)
   return True
+
+
+def barrier(name: str, timeout_s: float = 300.0) -> None:
+  """Waits until every process reaches `name`, then runs one collective.
+
+  On CPU the first collective over a set of devices sets up gloo, which waits
+  only 30 s for the other processes (not configurable). A process still
+  importing or compiling (a loaded machine, a compile-cache miss) then fails
+  it. JAX's coordination-service barrier waits `timeout_s` instead; the
+  collective that follows sets gloo up while the processes are in step. One
+  process: nothing.
+  """
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  client = distributed.global_state.client
+  if client is None or jax.process_count() == 1:
+    return
+  client.wait_at_barrier(name, int(timeout_s * 1000))
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  multihost_utils.sync_global_devices(name)
 
 
 # --------------------------------------------------------------------------
@@ -438,6 +458,8 @@ class CompiledStep:
   mode: str
   mesh: Mesh
   steps_per_call: int
+  # Several processes: executables compiled ahead, by input shapes (`_synced`).
+  _executables: dict = dataclasses.field(default_factory=dict, compare=False, repr=False)
 
   @property
   def num_devices(self) -> int:
@@ -456,10 +478,22 @@ class CompiledStep:
         _check_divisible(x.shape[0 if k == 1 else 1], n)
       if k > 1 and x.shape[1 if self.mode == "pmap" else 0] != k:
         raise ValueError(f"batch leaf {x.shape} lacks the steps_per_call={k} axis")
-    state, metrics = self.fn(state, batch)
+    fn = self._synced(state, batch) if _num_processes(self.mesh) > 1 else self.fn
+    state, metrics = fn(state, batch)
     if self.mode == "pmap":
       metrics = jax.tree.map(lambda m: m[0], metrics)
     return state, metrics
+
+  def _synced(self, state, batch):
+    """The step compiled ahead for these shapes, every process past a `barrier`
+    before its first run: one process compiling while another loads the step
+    from its compile cache must not meet the step's first collective > 30 s
+    late (see `barrier`)."""
+    key = str(jax.tree.map(lambda x: (x.shape, str(x.dtype)), (state, batch)))
+    if key not in self._executables:
+      self._executables[key] = self.fn.lower(state, batch).compile()
+      barrier(f"diffusion_step_{len(self._executables)}")
+    return self._executables[key]
 
   def replicate(self, state):
     return replicate(state, self.mesh, self.mode)
