@@ -489,7 +489,8 @@ class CompiledStep:
     before its first run: one process compiling while another loads the step
     from its compile cache must not meet the step's first collective > 30 s
     late (see `barrier`)."""
-    key = str(jax.tree.map(lambda x: (x.shape, str(x.dtype)), (state, batch)))
+    # The state's shapes never change; the batch's few leaves name the program.
+    key = tuple((x.shape, str(x.dtype)) for x in jax.tree.leaves(batch))
     if key not in self._executables:
       self._executables[key] = self.fn.lower(state, batch).compile()
       barrier(f"diffusion_step_{len(self._executables)}")

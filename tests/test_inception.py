@@ -156,7 +156,9 @@ def test_converter_maps_pytorch_fid_names(variables):
     inc.convert_torch_state_dict(state)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torch") is not None, reason="torch installed")
+@pytest.mark.skipif(importlib.util.find_spec("torch") is not None, reason=(
+    "checks the error shown when PyTorch is missing; with torch installed that error "
+    "cannot occur (the conversion itself is tested on a synthetic state dict)"))
 def test_cli_without_torch_says_what_to_install(tmp_path):
   with pytest.raises(ImportError, match="needs PyTorch"):
     inc.main(["--convert", str(tmp_path / "w.pth"), "--out", str(tmp_path / "w.npz")])
