@@ -45,7 +45,10 @@ from diffusion import _xla_flags  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from diffusion import ode, samplers, schedules, sdes  # noqa: E402
+from diffusion.core import ode  # noqa: E402
+from diffusion.core import samplers  # noqa: E402
+from diffusion.core import schedules  # noqa: E402
+from diffusion.core import sdes  # noqa: E402
 
 _b = schedules.broadcast_to
 RATIO_LIMIT = 1.2

@@ -70,7 +70,10 @@ import jaxlib  # noqa: E402
 import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
-from diffusion import losses, parallel, schedules, train_state  # noqa: E402
+from diffusion.core import losses  # noqa: E402
+from diffusion.dist import parallel  # noqa: E402
+from diffusion.core import schedules  # noqa: E402
+from diffusion.train import state as train_state  # noqa: E402
 from diffusion.models import unet as unet_lib  # noqa: E402
 
 # Model configs: image shape (H, W, C), UNet fields, default batch on CPU.

@@ -11,8 +11,13 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import SingleDeviceSharding
 
-from diffusion import losses, parallel, parameterization, samplers, schedules, sdes
-from diffusion import train_state as ts
+from diffusion.core import losses
+from diffusion.dist import parallel
+from diffusion.core import parameterization
+from diffusion.core import samplers
+from diffusion.core import schedules
+from diffusion.core import sdes
+from diffusion.train import state as ts
 from diffusion.models import get_model
 
 DIFFUSION_TYPES = ("discrete", "continuous")

@@ -33,7 +33,10 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from diffusion import eval_mode, parallel, sampling, train  # noqa: E402
+from diffusion.modes import eval as eval_mode  # noqa: E402
+from diffusion.dist import parallel  # noqa: E402
+from diffusion.sample import fn as sampling  # noqa: E402
+from diffusion.modes import train  # noqa: E402
 
 MODES = ("train", "sample", "eval")
 

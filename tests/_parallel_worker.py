@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffusion import parallel
-from diffusion import train_state as ts
+from diffusion.dist import parallel
+from diffusion.train import state as ts
 
 IN, OUT, HIDDEN = 4, 2, 8
 GLOBAL_BATCH = 8

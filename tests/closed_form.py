@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion import schedules
+from diffusion.core import schedules
 
 
 @dataclasses.dataclass(frozen=True)

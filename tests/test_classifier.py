@@ -2,7 +2,7 @@
 import numpy as np
 from sklearn.datasets import load_digits
 
-from diffusion import classify
+from diffusion.eval import classifier as classify
 
 
 def test_digits_classifier_accuracy_features_and_save_load(tmp_path):

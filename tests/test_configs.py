@@ -11,7 +11,10 @@ import numpy as np
 import pytest
 
 from configs import default
-from diffusion import experiment, sampler_specs, sampling, sdes
+from diffusion import experiment
+from diffusion.sample import specs as sampler_specs
+from diffusion.sample import fn as sampling
+from diffusion.core import sdes
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem != "__init__")

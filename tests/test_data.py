@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from configs import smoke
-from diffusion import data, data_sources
+from diffusion.data import iterator as data
+from diffusion.data import sources as data_sources
 
 MNIST_DIR = "/work/shared/data/mnist"
 

@@ -17,9 +17,14 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from diffusion import (checkpoint, data, eval_mode, experiment, likelihood, parameterization,
-                       sampler_specs)
-from diffusion import evaluate as metrics
+from diffusion import experiment
+from diffusion.run import checkpoint
+from diffusion.data import iterator as data
+from diffusion.modes import eval as eval_mode
+from diffusion.core import likelihood
+from diffusion.core import parameterization
+from diffusion.sample import specs as sampler_specs
+from diffusion.eval import metrics
 import tiny_classifier
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from diffusion import evaluate
+from diffusion.eval import metrics as evaluate
 
 
 def _random_cov(rng, d):

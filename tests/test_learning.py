@@ -6,7 +6,10 @@ import ml_collections
 import numpy as np
 from sklearn.datasets import load_digits
 
-from diffusion import losses, parallel, schedules, train_state
+from diffusion.core import losses
+from diffusion.dist import parallel
+from diffusion.core import schedules
+from diffusion.train import state as train_state
 from diffusion.models import UNet
 
 

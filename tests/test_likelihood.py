@@ -6,7 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion import likelihood, schedules, sdes
+from diffusion.core import likelihood
+from diffusion.core import schedules
+from diffusion.core import sdes
 
 pytestmark = pytest.mark.usefixtures("strict_ranks")
 

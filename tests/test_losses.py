@@ -7,7 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion import losses, parameterization as P, schedules, sdes
+from diffusion.core import losses
+from diffusion.core import parameterization as P
+from diffusion.core import schedules
+from diffusion.core import sdes
 
 SCHED = schedules.get("linear", num_steps=1000)
 C = jnp.array([0.3, -0.7, 0.1, 0.9])  # point-mass data

@@ -40,7 +40,9 @@ import numpy as np
 import pytest
 
 from configs import smoke
-from diffusion import checkpoint, parallel, writers
+from diffusion.run import checkpoint
+from diffusion.dist import parallel
+from diffusion.run import writers
 import tiny_classifier
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

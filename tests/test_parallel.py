@@ -18,8 +18,8 @@ import numpy as np
 import optax
 import pytest
 
-from diffusion import parallel
-from diffusion import train_state as ts
+from diffusion.dist import parallel
+from diffusion.train import state as ts
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location(

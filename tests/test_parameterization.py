@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion import parameterization as P
-from diffusion import schedules, sdes
+from diffusion.core import parameterization as P
+from diffusion.core import schedules
+from diffusion.core import sdes
 
 from closed_form import gaussian
 

@@ -13,7 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion import schedules, sdes, samplers
+from diffusion.core import schedules
+from diffusion.core import sdes
+from diffusion.core import samplers
 
 from closed_form import Mixture, gaussian, gaussian_flow_map
 

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion import schedules
+from diffusion.core import schedules
 
 NAMES = sorted(schedules.SCHEDULES)
 

@@ -6,7 +6,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion import schedules, sdes
+from diffusion.core import schedules
+from diffusion.core import sdes
 
 ALL = [sdes.VPSDE(), sdes.SubVPSDE(), sdes.VESDE(sigma_min=0.01, sigma_max=50.0)]
 IDS = ["vp", "subvp", "ve"]

@@ -29,7 +29,12 @@ from PIL import Image
 import pytest
 
 from configs import smoke
-from diffusion import checkpoint, experiment, sampling, train, visualize, writers
+from diffusion import experiment
+from diffusion.run import checkpoint
+from diffusion.sample import fn as sampling
+from diffusion.modes import train
+from diffusion.viz import images as visualize
+from diffusion.run import writers
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -255,7 +260,7 @@ def test_image_grid_layout():
 
 
 def test_non_finite_step_is_reported_with_its_number():
-  from diffusion import parallel
+  from diffusion.dist import parallel
   ok = {"finite": np.float32(1.0), "loss": np.float32(0.5), "grad_norm": np.float32(1.0)}
   bad = {"finite": np.float32(0.0), "loss": np.float32(np.nan), "grad_norm": np.float32(1.0)}
   assert train._host_metrics([(4, ok), (5, ok)])["loss"].tolist() == [0.5, 0.5]

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from diffusion import figures, schedules, visualize
+from diffusion.viz import figures
+from diffusion.core import schedules
+from diffusion.viz import images as visualize
 
 PAD = 2
 

@@ -18,7 +18,7 @@ from PIL import Image
 import pytest
 
 from configs import smoke
-from diffusion import writers
+from diffusion.run import writers
 
 SECRET = "sk-secret-123"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -242,7 +242,8 @@ def test_disabled_does_not_import_wandb(tmp_path):
   code = f"""
 import sys
 from configs import smoke
-from diffusion import train, writers
+from diffusion.modes import train
+from diffusion.run import writers
 config = smoke.get_config()
 assert config.wandb.mode == "disabled"
 writers.check_config(config, {str(tmp_path)!r}, write=True)

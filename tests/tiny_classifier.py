@@ -1,6 +1,7 @@
 """The tiny digits classifier that the eval tests use as their feature extractor."""
 from configs import smoke
-from diffusion import classify, data
+from diffusion.eval import classifier as classify
+from diffusion.data import iterator as data
 
 
 def train_and_save(path, note: str) -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from diffusion import schedules, sdes
+from diffusion.core import schedules
+from diffusion.core import sdes
 
 _b = schedules.broadcast_to
 

@@ -14,7 +14,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from diffusion import parameterization, schedules
+from diffusion.core import parameterization
+from diffusion.core import schedules
 
 ModelFn = Callable[[dict, jax.Array, jax.Array, jax.Array], jax.Array]
 

@@ -45,7 +45,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 import optax
 
-from diffusion import train_state as ts
+from diffusion.train import state as ts
 
 AXIS = "data"
 MODES = ("pmap", "jit")

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from diffusion import schedules
+from diffusion.core import schedules
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:

@@ -23,7 +23,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from diffusion.data_sources import SPLITS, crop_mode, fit, load
+from diffusion.data.sources import SPLITS, crop_mode, fit, load
 # --------------------------------------------------------------------------
 # The iterator.
 # --------------------------------------------------------------------------

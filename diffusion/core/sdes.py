@@ -19,7 +19,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from diffusion import schedules
+from diffusion.core import schedules
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x [B, ...], t [B]) -> score [B, ...]
 

@@ -58,11 +58,18 @@ import zlib
 import jax
 import numpy as np
 
-from diffusion import (checkpoint, classify, data, experiment, likelihood, parallel,
-                       parameterization, sampling, writers)
-from diffusion import evaluate as metrics
+from diffusion import experiment
+from diffusion.run import checkpoint
+from diffusion.eval import classifier as classify
+from diffusion.data import iterator as data
+from diffusion.core import likelihood
+from diffusion.dist import parallel
+from diffusion.core import parameterization
+from diffusion.sample import fn as sampling
+from diffusion.run import writers
+from diffusion.eval import metrics
 
-from diffusion.sampler_specs import nfe, sampler_config, sampler_steps, spec_filename
+from diffusion.sample.specs import nfe, sampler_config, sampler_steps, spec_filename
 
 FEATURES = ("classifier", "inception")
 

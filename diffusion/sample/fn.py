@@ -12,8 +12,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from diffusion import (checkpoint, experiment, parallel, parameterization, samplers, sdes,
-                       visualize, writers)
+from diffusion import experiment
+from diffusion.run import checkpoint
+from diffusion.dist import parallel
+from diffusion.core import parameterization
+from diffusion.core import samplers
+from diffusion.core import sdes
+from diffusion.viz import images as visualize
+from diffusion.run import writers
 
 
 def sampler_process(config, process):

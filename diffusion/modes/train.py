@@ -30,8 +30,14 @@ import time
 import jax
 import numpy as np
 
-from diffusion import checkpoint, data, experiment, parallel, sampling, visualize, writers
-from diffusion import train_state as ts
+from diffusion import experiment
+from diffusion.run import checkpoint
+from diffusion.data import iterator as data
+from diffusion.dist import parallel
+from diffusion.sample import fn as sampling
+from diffusion.viz import images as visualize
+from diffusion.run import writers
+from diffusion.train import state as ts
 
 
 def _save_grid(path: str, images) -> None:

@@ -23,8 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion import ode, schedules, sdes
-from diffusion.pc_updates import CORRECTORS, PREDICTORS
+from diffusion.core import ode
+from diffusion.core import schedules
+from diffusion.core import sdes
+from diffusion.core.pc_updates import CORRECTORS, PREDICTORS
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 ScoreFn = sdes.ScoreFn

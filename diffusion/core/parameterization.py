@@ -22,7 +22,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from diffusion import schedules
+from diffusion.core import schedules
 
 KINDS = ("eps", "x0", "v", "score")
 

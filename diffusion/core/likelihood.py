@@ -32,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import log_ndtr
 
-from diffusion import ode, schedules
+from diffusion.core import ode
+from diffusion.core import schedules
 
 DIVERGENCES = ("hutchinson", "exact")
 PROBES = ("rademacher", "gaussian")

@@ -1,0 +1,180 @@
+"""Trains and loads the project's own classifier (feature extractor for MNIST-like data).
+
+`train(images, labels, ...)` fits `models.classifier.Classifier` with Adam on
+arrays already scaled to [-1, 1] (``[N, H, W, C]`` float32, ``[N]`` int32)
+and returns ``(model, params)``; `accuracy` scores it; `save` / `load` keep
+the params with an Orbax checkpointer next to a JSON file describing the
+model and its test accuracy.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+
+from diffusion.models.classifier import Classifier
+
+
+def train(images, labels, *, num_classes=10, steps=500, batch_size=128, lr=1e-3, seed=0,
+          channels=(32, 64), features=128, dropout=0.1):
+  """Fits the classifier; deterministic given `seed`. Returns ``(model, params)``."""
+  images = np.asarray(images, np.float32)
+  labels = np.asarray(labels, np.int32)
+  if images.ndim != 4 or labels.shape != images.shape[:1]:
+    raise ValueError(f"images must be [N, H, W, C] and labels [N]; got {images.shape}, {labels.shape}")
+  model = Classifier(channels=tuple(channels), features=features, num_classes=num_classes, dropout=dropout)
+  key = jax.random.PRNGKey(seed)
+  params = model.init(key, jnp.zeros((1,) + images.shape[1:]))["params"]
+  tx = optax.adam(optax.cosine_decay_schedule(lr, steps, alpha=0.05))
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state, x, y, rng):
+    def loss_fn(p):
+      logits = model.apply({"params": p}, x, train=True, rngs={"dropout": rng})
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    loss, grads = jax.value_and_grad(loss_fn)(params)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  order = np.random.default_rng(seed)
+  n = images.shape[0]
+  perm, pos = order.permutation(n), 0
+  for i in range(steps):
+    if pos + batch_size > n:
+      perm, pos = order.permutation(n), 0
+    idx = perm[pos:pos + batch_size]
+    pos += batch_size
+    params, opt_state, _ = step(params, opt_state, images[idx], labels[idx], jax.random.fold_in(key, i))
+  return model, params
+
+
+def predict(model, params, images, batch_size=1000):
+  """``(features [N, F], logits [N, K])`` as float64 numpy, in batches."""
+  fn = jax.jit(lambda p, x: model.apply({"params": p}, x, method=Classifier.features_and_logits))
+  feats, logits = [], []
+  for start in range(0, len(images), batch_size):
+    f, l = fn(params, jnp.asarray(images[start:start + batch_size], jnp.float32))
+    feats.append(np.asarray(f, np.float64))
+    logits.append(np.asarray(l, np.float64))
+  return np.concatenate(feats), np.concatenate(logits)
+
+
+def accuracy(model, params, images, labels) -> float:
+  return float(np.mean(predict(model, params, images)[1].argmax(-1) == np.asarray(labels)))
+
+
+def save(path: str, model: Classifier, params, info: dict) -> None:
+  """Writes ``path/params`` (Orbax) and ``path/classifier.json`` (model fields + info)."""
+  path = os.path.abspath(path)
+  os.makedirs(path, exist_ok=True)
+  with ocp.StandardCheckpointer() as ckpt:
+    ckpt.save(os.path.join(path, "params"), params)
+  meta = {"channels": list(model.channels), "features": model.features,
+          "num_classes": model.num_classes, "dropout": model.dropout, **info}
+  with open(os.path.join(path, "classifier.json"), "w") as f:
+    json.dump(meta, f, indent=2)
+
+
+def load(path: str):
+  """Returns ``(model, params, info)`` saved by `save`."""
+  path = os.path.abspath(path)
+  meta_path = os.path.join(path, "classifier.json")
+  if not os.path.exists(meta_path):
+    raise FileNotFoundError(f"no classifier at {path}: expected {meta_path} (train one first)")
+  with open(meta_path) as f:
+    meta = json.load(f)
+  model = Classifier(channels=tuple(meta["channels"]), features=meta["features"],
+                     num_classes=meta["num_classes"], dropout=meta["dropout"])
+  # Every process reads the whole (small) checkpoint by itself: no collective,
+  # so one process of a multi-process eval can load it without the others.
+  me = jax.process_index()
+  options = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  with ocp.StandardCheckpointer(multiprocessing_options=options) as ckpt:
+    saved = ckpt.metadata(os.path.join(path, "params")).item_metadata
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local), saved)
+    params = ckpt.restore(os.path.join(path, "params"), target)
+  return model, jax.tree.map(np.asarray, params), meta
+
+
+# --------------------------------------------------------------------------
+# Command line: train the feature classifier on an experiment's dataset.
+# --------------------------------------------------------------------------
+
+
+def dataset_arrays(data_config, split: str, batch_size: int = 1000):
+  """One epoch of ``data_config`` (with ``split``) as arrays ``([N, H, W, C], [N])``.
+
+  No flips, no dequantisation; an epoch's last partial batch (fewer than
+  ``batch_size`` examples) is dropped by the data iterator.
+  """
+  from diffusion.data import iterator as data  # pylint: disable=g-import-not-at-top
+
+  cfg = data_config.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.split, cfg.random_flip, cfg.dequantize, cfg.batch_size = split, False, False, batch_size
+  it = data.create(cfg, seed=0)
+  images, labels = [], []
+  while not images or it.get_state()["epoch"] == 0:
+    batch = next(it)
+    images.append(batch["image"])
+    labels.append(batch["label"])
+  return np.concatenate(images), np.concatenate(labels)
+
+
+def main(argv=None) -> dict:
+  """``python -m diffusion.classify --config configs/mnist_ddpm.py --out DIR``.
+
+  Trains the classifier on the config's training data, measures test accuracy
+  on ``--test_split`` (or, with ``--test_split=''``, on a held-out
+  ``--holdout`` fraction of the training data, e.g. for digits) and saves it
+  where ``--config.eval.classifier_path`` can point.
+  """
+  import argparse  # pylint: disable=g-import-not-at-top
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+
+  p = argparse.ArgumentParser(description=main.__doc__)
+  p.add_argument("--config", required=True, help="experiment config file (its data section is used)")
+  p.add_argument("--out", required=True, help="directory to save the classifier in")
+  p.add_argument("--steps", type=int, default=2000)
+  p.add_argument("--batch_size", type=int, default=128)
+  p.add_argument("--lr", type=float, default=2e-3)
+  p.add_argument("--test_split", default="test")
+  p.add_argument("--holdout", type=float, default=0.15)
+  p.add_argument("--data_batch", type=int, default=1000, help="read batch size (a divisor of N keeps every example)")
+  args = p.parse_args(argv)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  sys.path.insert(0, root)
+  if not os.path.exists(args.config):
+    p.error(f"--config {args.config} does not exist")
+  spec = importlib.util.spec_from_file_location("experiment_config", args.config)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  data_config = module.get_config().data
+  x, y = dataset_arrays(data_config, data_config.split, args.data_batch)
+  if args.test_split:
+    x_test, y_test = dataset_arrays(data_config, args.test_split, args.data_batch)
+  else:
+    perm = np.random.default_rng(0).permutation(len(y))
+    cut = int(len(y) * (1 - args.holdout))
+    x, y, x_test, y_test = x[perm[:cut]], y[perm[:cut]], x[perm[cut:]], y[perm[cut:]]
+  model, params = train(x, y, num_classes=int(y.max()) + 1, steps=args.steps,
+                        batch_size=args.batch_size, lr=args.lr)
+  acc = accuracy(model, params, x_test, y_test)
+  info = {"test_accuracy": acc, "num_train": int(len(y)), "num_test": int(len(y_test)),
+          "steps": args.steps, "config": os.path.abspath(args.config),
+          "test": args.test_split or f"holdout {args.holdout}"}
+  save(args.out, model, params, info)
+  print(json.dumps(info))
+  return info
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,150 @@
+"""Diagnostic figures of an experiment config (and of a workdir's samples).
+
+    python -m diffusion.figures --config configs/digits_ddpm.py --out /tmp/figs \
+        [--workdir /tmp/digits]
+
+Writes under ``--out``:
+
+- ``forward_strip.png``: 4 training images noised by every schedule of
+  `schedules.SCHEDULES` (T = config.diffusion.num_steps) at t/T = 0, .25, .5,
+  .75, 1, one fixed noise per image (`visualize.forward_strip`), labelled;
+- ``schedules.png``: alpha_bar(t) and logSNR(t) of those schedules;
+- with ``--workdir``: ``nearest_neighbours.png``, the first ``--num_samples``
+  samples of the latest ``samples/final_*.npz`` (written by ``--mode sample``)
+  each followed by its ``--k`` nearest training images in pixel L2, and
+  ``nearest_neighbours.npz`` (indices and distances' order).
+
+`--config` takes ``file.py`` or ``file.py:variant`` like `diffusion.main`, but
+no ``--config.a.b=v`` overrides.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import importlib.util
+import os
+import re
+import sys
+
+import jax
+import numpy as np
+
+from diffusion.data import iterator as data
+from diffusion.core import schedules
+from diffusion.viz import images as visualize
+
+
+def load_config(spec: str):
+  """``path/to/file.py[:variant]`` -> that file's ``get_config(variant)``."""
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"--config {path!r}: no such file")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+  if root not in sys.path:  # Config files import `configs.default`.
+    sys.path.insert(0, root)
+  module_spec = importlib.util.spec_from_file_location(
+      "_figures_config_" + os.path.splitext(os.path.basename(path))[0], path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  if not hasattr(module, "get_config"):
+    raise ValueError(f"--config {path!r} defines no get_config()")
+  return module.get_config(arg or None)
+
+
+def latest_samples(workdir: str) -> str:
+  """The ``samples/final_<step>.npz`` of `workdir` with the largest step."""
+  paths = glob.glob(os.path.join(workdir, "samples", "final_*.npz"))
+  steps = {p: int(m.group(1)) for p in paths
+           if (m := re.fullmatch(r"final_(\d+)\.npz", os.path.basename(p)))}
+  if not steps:
+    raise FileNotFoundError(
+        f"no samples/final_*.npz in {workdir}: run `python -m diffusion.main --config ... "
+        f"--workdir {workdir} --mode sample` first")
+  return max(steps, key=steps.get)
+
+
+def training_images(config, max_images: int | None = None) -> np.ndarray:
+  """The training split as float32 [N, H, W, C] in [-1, 1] (no flips, no dequantisation)."""
+  data_config = config.data
+  with data_config.unlocked():
+    data_config = data_config.copy_and_resolve_references()
+  with data_config.unlocked():
+    data_config.split, data_config.random_flip, data_config.dequantize = "train", False, False
+  it = data.create(data_config, seed=config.seed)
+  if it.labels is not None:  # In memory: integer pixels, as DataIterator scales them.
+    images = it.images[:max_images].astype(np.float32) / (it.levels - 1) * 2.0 - 1.0
+    return images.astype(np.float32)
+  batches, total = [], 0
+  for _ in range(it.batches_per_epoch):  # Lazy sources: one epoch (order shuffled).
+    batches.append(next(it)["image"])
+    total += len(batches[-1])
+    if max_images is not None and total >= max_images:
+      break
+  return np.concatenate(batches)[:max_images]
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(prog="python -m diffusion.figures", description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument("--config", required=True, help="config file.py[:variant]")
+  parser.add_argument("--out", required=True, help="output folder for the PNGs")
+  parser.add_argument("--workdir", help="a workdir with samples/final_*.npz (--mode sample)")
+  parser.add_argument("--num_images", type=int, default=4, help="images in forward_strip.png")
+  parser.add_argument("--num_samples", type=int, default=16,
+                      help="samples in nearest_neighbours.png")
+  parser.add_argument("--k", type=int, default=3, help="neighbours per sample")
+  parser.add_argument("--max_train", type=int, default=None,
+                      help="compare with at most this many training images (default: all)")
+  args = parser.parse_args(argv)
+  try:
+    config = load_config(args.config)
+  except (FileNotFoundError, ValueError) as e:
+    parser.error(str(e))
+  if args.workdir is not None and not os.path.isdir(args.workdir):
+    parser.error(f"--workdir {args.workdir!r} is not a folder")
+  npz = None
+  if args.workdir is not None:
+    try:
+      npz = latest_samples(args.workdir)
+    except FileNotFoundError as e:
+      parser.error(str(e))
+
+  os.makedirs(args.out, exist_ok=True)
+  num_steps = config.diffusion.num_steps
+  scheds = {name: schedules.get(name, num_steps) for name in schedules.SCHEDULES}
+  batch = next(data.create(config.data, seed=config.seed))["image"][:args.num_images]
+  fractions = (0.0, 0.25, 0.5, 0.75, 1.0)
+  grid = visualize.forward_strip(batch, scheds, jax.random.PRNGKey(config.seed), fractions,
+                                 min_tile=64)
+  ts = visualize.forward_timesteps(num_steps, fractions)
+  path = os.path.join(args.out, "forward_strip.png")
+  visualize.save_labelled(path, grid, row_labels=list(scheds) * len(batch),
+                          col_labels=[f"t={t}" for t in ts],
+                          title=f"T = {num_steps}; one fixed noise per image")
+  print(f"wrote {path}")
+  path = os.path.join(args.out, "schedules.png")
+  visualize.schedule_plot(path, scheds)
+  print(f"wrote {path}")
+
+  if npz is not None:
+    with np.load(npz) as f:
+      if "images" not in f:
+        raise SystemExit(f"{npz} has no 'images' array (keys: {sorted(f.files)})")
+      samples = f["images"][:args.num_samples]
+    train = training_images(config, args.max_train)
+    if samples.shape[1:] != train.shape[1:]:
+      raise SystemExit(f"samples in {npz} are {samples.shape[1:]} but the config's training "
+                       f"images are {train.shape[1:]}: wrong --config for this workdir?")
+    idx, grid = visualize.nearest_neighbours(samples, train, k=args.k)
+    path = os.path.join(args.out, "nearest_neighbours.png")
+    visualize.save_png(path, grid)
+    dist = np.sqrt(((samples[:, None] - train[idx]) ** 2).reshape(len(samples), args.k, -1)
+                   .sum(-1))
+    np.savez(os.path.join(args.out, "nearest_neighbours.npz"), indices=idx, distances=dist,
+             samples_file=npz)
+    print(f"wrote {path} ({len(samples)} samples of {npz} against {len(train)} training "
+          f"images; median nearest L2 distance {np.median(dist[:, 0]):.3f})")
+
+
+if __name__ == "__main__":
+  main()
