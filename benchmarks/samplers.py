@@ -217,8 +217,8 @@ def rk45_case(sde, shape, max_steps, eps=1e-3):
   B = shape[0]
 
   def full(params, rng):
-    return samplers.probability_flow(make_score_fn(params, sde), sde, rng, shape,
-                                     num_steps=max_steps, method="rk45", eps=eps, return_stats=True)
+    return samplers.probability_flow_adaptive(make_score_fn(params, sde), sde, rng, shape,
+                                              max_steps=max_steps, eps=eps)
 
   def single(params, x, key, t):  # one accepted-or-rejected DP5(4) attempt (+ the first eval)
     del key

@@ -1,29 +1,36 @@
-"""Everything an experiment builds from its config: checks, model, noise process,
-network wrapper, loss and train state. Shared by `train`, `sampling` and
-evaluation, so each builds the same objects the same way.
+"""The experiment record: everything a config builds, built once and used by every driver.
+
+    exp = experiment.build(config)        # validates the config first
+    exp.model, exp.process                # Flax module; DiscreteSchedule or SDE
+    exp.denoiser(params, cond)            # core.denoiser.Denoiser of the network
+    exp.loss_fn(params, batch, rng)       # for train.step.make_train_step
+    exp.create_state(rng), exp.tx         # TrainState factory and optimizer
+    exp.sampler(sample_section)           # (record, options, process it runs on)
+    exp.cond(n)                           # labels 0..n-1 cycled (class-conditional) or None
+    exp.abstract_state(sharding), exp.init_state()
+
+`modes.train`, `modes.sample` and `modes.eval` take an `Experiment` instead of
+rebuilding its parts; `restore_ema_params` is their one restore of a workdir's
+EMA parameters.
 """
 from __future__ import annotations
 
-from typing import Callable
+import dataclasses
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import SingleDeviceSharding
 
-from diffusion.core import losses
+from diffusion.core import grids, losses, processes, schedules, sdes
+from diffusion.core.denoiser import Denoiser
+from diffusion.core.samplers import registry
 from diffusion.dist import parallel
-from diffusion.core import parameterization
-from diffusion.core import samplers
-from diffusion.core import schedules
-from diffusion.core import sdes
-from diffusion.train import state as ts
 from diffusion.models import get_model
+from diffusion.train import state as ts
 
 DIFFUSION_TYPES = ("discrete", "continuous")
-# Discrete schedules whose betas are a VP SDE's beta(t) on a uniform grid, so
-# that the continuous samplers can run a discrete model (`sampling.sampler_process`).
-VP_SCHEDULES = ("linear",)
 
 
 # --------------------------------------------------------------------------
@@ -36,6 +43,33 @@ def _choice(value, valid, key):
     raise ValueError(f"config.{key}={value!r} is not valid; valid: {', '.join(valid)}")
 
 
+def check_sampler(config, process, section=None):
+  """``(record, options, sampler_process)`` of ``config.sample`` (or `section`) for a
+  model on `process`; ValueError naming the config key if it cannot run there."""
+  s = config.sample if section is None else section
+  d = config.diffusion
+  try:
+    record = registry.get(s.method)
+  except ValueError as e:
+    raise ValueError(f"config.sample.method: {e}") from None
+  try:
+    options = registry.options_from(record, s)
+  except ValueError as e:
+    raise ValueError(f"config.sample ({s.method}): {e}") from None
+  try:
+    on = processes.on_domain(process, record.domain, f"config.sample.method={s.method!r}")
+  except ValueError as e:
+    if record.domain == "discrete":
+      raise ValueError(f"config.sample.method={s.method!r} is a discrete-time sampler; a "
+                       f"diffusion.type='continuous' model samples with: "
+                       f"{', '.join(registry.names('continuous'))}") from None
+    raise ValueError(f"{e}; got diffusion.schedule={d.schedule!r}. Sample it with: "
+                     f"{', '.join(registry.names('discrete'))}") from None
+  if record.domain == "discrete" and hasattr(options, "num_steps"):
+    grids.check_steps(options.num_steps, "config.sample.num_steps", upper=on.num_steps)
+  return record, options, on
+
+
 def validate_config(config) -> None:
   """Raises ValueError naming the key for values that cannot work together.
 
@@ -44,26 +78,12 @@ def validate_config(config) -> None:
   """
   d, tc, s = config.diffusion, config.train, config.sample
   _choice(d.type, DIFFUSION_TYPES, "diffusion.type")
-  continuous = tuple(m for m in samplers.SAMPLERS if m not in samplers.DISCRETE_SAMPLERS)
-  if d.type == "discrete":
-    _choice(d.prediction, losses.DISCRETE_PREDICTIONS, "diffusion.prediction")
-    _choice(d.weighting, losses.DISCRETE_WEIGHTINGS, "diffusion.weighting")
-    _choice(s.method, tuple(samplers.SAMPLERS), "sample.method")
-    if s.method in continuous and d.schedule not in VP_SCHEDULES:
-      raise ValueError(
-          f"config.sample.method={s.method!r} (a continuous-time sampler) needs the VP SDE "
-          f"of the discrete schedule, and only diffusion.schedule in {VP_SCHEDULES} has one "
-          f"(VPSDE(beta_min=T beta_1, beta_max=T beta_T)); got "
-          f"diffusion.schedule={d.schedule!r}. Sample it with: "
-          f"{', '.join(samplers.DISCRETE_SAMPLERS)}")
-  else:
-    _choice(d.prediction, losses.CONTINUOUS_PREDICTIONS, "diffusion.prediction")
-    _choice(d.weighting, losses.CONTINUOUS_WEIGHTINGS, "diffusion.weighting")
-    if s.method in samplers.DISCRETE_SAMPLERS:
-      raise ValueError(
-          f"config.sample.method={s.method!r} is a discrete-time sampler; a "
-          f"diffusion.type='continuous' model samples with: {', '.join(continuous)}")
-    _choice(s.method, continuous, "sample.method (diffusion.type=continuous)")
+  discrete = d.type == "discrete"
+  _choice(d.prediction, losses.DISCRETE_PREDICTIONS if discrete else
+          losses.CONTINUOUS_PREDICTIONS, "diffusion.prediction")
+  _choice(d.weighting, losses.DISCRETE_WEIGHTINGS if discrete else
+          losses.CONTINUOUS_WEIGHTINGS, "diffusion.weighting")
+  check_sampler(config, noise_process(config))
   _choice(tc.parallel, parallel.MODES, "train.parallel")
   _choice(tc.precision, tuple(parallel.DTYPES), "train.precision")
   k = tc.steps_per_call
@@ -87,7 +107,7 @@ def validate_config(config) -> None:
 
 
 # --------------------------------------------------------------------------
-# Model, noise process, loss and sampler from the config.
+# Parts.
 # --------------------------------------------------------------------------
 
 
@@ -109,58 +129,10 @@ def noise_process(config):
   return sdes.get(d.sde, beta_min=d.beta_min, beta_max=d.beta_max)
 
 
-def make_apply_fn(model: nn.Module, config, process) -> Callable:
-  """``apply(params, x [B,H,W,C], t [B], y=None, rng=None) -> out``.
-
-  With ``model.embedding == "fourier"`` the network is given the noise level
-  sigma(t) instead of t. A `rng` turns on training mode (dropout).
-  """
-  def noise_level(t):
-    if config.model.embedding != "fourier":
-      return t
-    if isinstance(process, schedules.DiscreteSchedule):
-      return parameterization.discrete_coeffs(process, t)[1]
-    return process.marginal_coeffs(t)[1]
-
-  def apply(params, x, t, y=None, rng=None):
-    train = rng is not None
-    return model.apply({"params": params}, x, noise_level(t), y, train=train,
-                       rngs={"dropout": rng} if train else None)
-
-  return apply
-
-
-def _labels(config, batch):
-  return batch["label"] if config.model.num_classes is not None else None
-
-
-def make_loss_fn(config, apply_fn, process) -> Callable:
-  """``loss_fn(params, batch, rng) -> (loss, metrics)`` for `parallel.make_train_step`."""
-  d = config.diffusion
-
-  def loss_fn(params, batch, rng):
-    y = _labels(config, batch)
-    model_fn = lambda p, x_t, t, r: apply_fn(p, x_t, t, y, r)
-    if d.type == "discrete":
-      return losses.discrete_loss(params, batch, rng, model_fn=model_fn, sched=process,
-                                  prediction=d.prediction, weighting=d.weighting,
-                                  min_snr_gamma=d.min_snr_gamma)
-    return losses.continuous_loss(params, batch, rng, model_fn=model_fn, sde=process,
-                                  prediction=d.prediction, weighting=d.weighting, eps=d.eps,
-                                  antithetic=d.antithetic)
-
-  return loss_fn
-
-
-def state_fns(config, model):
-  """``(create_fn, tx)``: ``create_fn(rng) -> TrainState`` and the optimizer."""
-  c = config.data
-  x = jnp.zeros((1, c.image_size, c.image_size, c.channels), jnp.float32)
-  t = jnp.zeros((1,), jnp.float32 if config.diffusion.type == "continuous" else jnp.int32)
-  y = None if config.model.num_classes is None else jnp.zeros((1,), jnp.int32)
-  init_fn = lambda rng: model.init(rng, x, t, y, train=False)["params"]
-  tx = ts.make_optimizer(config)
-  return (lambda rng: ts.create(rng, init_fn, tx)), tx
+def noise_input(config) -> str:
+  """What the denoiser gives the network for t: a Fourier-embedding network embeds
+  ``log(input)``, so it is given the noise level sigma(t); others the time itself."""
+  return "sigma" if config.model.embedding == "fourier" else "time"
 
 
 def keys(config):
@@ -168,21 +140,93 @@ def keys(config):
   return jax.random.split(jax.random.PRNGKey(config.seed))
 
 
-def abstract_state(create_fn, key, sharding=None):
-  """The state's ShapeDtypeStructs (a restore target) with `sharding`.
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """What `build` makes from a config (module docstring)."""
 
-  Default: the first local device. With several processes, pass a replicated
-  sharding of the global mesh (``NamedSharding(mesh, P())``): Orbax restores
-  collectively, into arrays that span every process.
-  """
-  sharding = SingleDeviceSharding(jax.local_devices()[0]) if sharding is None else sharding
-  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-                      jax.eval_shape(create_fn, key))
+  config: Any
+  model: nn.Module
+  process: Any
+  tx: Any
+  state_key: jax.Array
+  sample_key: jax.Array
+
+  def apply(self, params, x, c_noise, cond=None, rng=None):
+    """The network: ``[B, H, W, C]``, ``[B]`` -> ``[B, H, W, C]``; a `rng` turns on dropout."""
+    train = rng is not None
+    return self.model.apply({"params": params}, x, c_noise, cond, train=train,
+                            rngs={"dropout": rng} if train else None)
+
+  def denoiser(self, params, cond=None, *, rng=None, shard: Callable | None = None) -> Denoiser:
+    """The `Denoiser` of the network with `params` (`shard`: applied to every input x)."""
+    shard = shard or (lambda x: x)
+    net = lambda x, c, y: self.apply(params, shard(x), c, y, rng)
+    return Denoiser(net, self.config.diffusion.prediction, self.process,
+                    noise_input=noise_input(self.config), cond=cond)
+
+  def cond(self, n: int):
+    """The conditioning of `n` samples: labels ``0..num_classes-1`` cycled, or None."""
+    k = self.config.model.num_classes
+    return None if k is None else jnp.arange(n, dtype=jnp.int32) % k
+
+  def loss_fn(self, params, batch, rng):
+    """``(loss, metrics)`` of a batch; for `make_train_step`."""
+    d = self.config.diffusion
+    y = batch["label"] if self.config.model.num_classes is not None else None
+    model_fn = lambda p, x_t, t, r: self.denoiser(p, y, rng=r).output(x_t, t)
+    if d.type == "discrete":
+      return losses.discrete_loss(params, batch, rng, model_fn=model_fn, sched=self.process,
+                                  prediction=d.prediction, weighting=d.weighting,
+                                  min_snr_gamma=d.min_snr_gamma)
+    return losses.continuous_loss(params, batch, rng, model_fn=model_fn, sde=self.process,
+                                  prediction=d.prediction, weighting=d.weighting, eps=d.eps,
+                                  antithetic=d.antithetic)
+
+  def sampler(self, section=None):
+    """``(record, options, process)`` of ``config.sample`` or another sample `section`."""
+    return check_sampler(self.config, self.process, section)
+
+  def create_state(self, rng) -> ts.TrainState:
+    c = self.config.data
+    x = jnp.zeros((1, c.image_size, c.image_size, c.channels), jnp.float32)
+    t = jnp.zeros((1,), processes.time_dtype(self.process))
+    y = None if self.config.model.num_classes is None else jnp.zeros((1,), jnp.int32)
+    init_fn = lambda r: self.model.init(r, x, t, y, train=False)["params"]
+    return ts.create(rng, init_fn, self.tx)
+
+  def abstract_state(self, sharding=None):
+    """The state's ShapeDtypeStructs (a restore target) with `sharding`.
+
+    Default: the first local device. With several processes, pass a replicated
+    sharding of the global mesh (``NamedSharding(mesh, P())``): Orbax restores
+    collectively, into arrays that span every process.
+    """
+    sharding = SingleDeviceSharding(jax.local_devices()[0]) if sharding is None else sharding
+    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
+                        jax.eval_shape(self.create_state, self.state_key))
+
+  def init_state(self) -> ts.TrainState:
+    """Runs `create_state` once, jitted. On CPU XLA's -O0 compiles it ~4x faster (a
+    one-off initialisation does not need optimised code)."""
+    lowered = jax.jit(self.create_state).lower(self.state_key)
+    options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
+    return lowered.compile(options)(self.state_key)
 
 
-def init_state(create_fn, key) -> ts.TrainState:
-  """Runs `create_fn` once, jitted. On CPU XLA's -O0 compiles it ~4x faster (a
-  one-off initialisation does not need optimised code)."""
-  lowered = jax.jit(create_fn).lower(key)
-  options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
-  return lowered.compile(options)(key)
+def build(config) -> Experiment:
+  """Validates `config` and builds its `Experiment`."""
+  validate_config(config)
+  state_key, sample_key = keys(config)
+  return Experiment(config=config, model=build_model(config), process=noise_process(config),
+                    tx=ts.make_optimizer(config), state_key=state_key, sample_key=sample_key)
+
+
+def restore_ema_params(exp: Experiment, ckpt, step: int | None, mesh):
+  """``(ema_params, step)`` of checkpoint `step` (None: the latest) of `ckpt`
+  (a `run.checkpoint.Checkpointer`), replicated on every device of `mesh`
+  (several processes restore collectively). FileNotFoundError if there is none."""
+  step = ckpt.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first")
+  state, _ = ckpt.restore(step, exp.abstract_state(parallel.replicated(mesh)))
+  return state.ema_params, int(step)

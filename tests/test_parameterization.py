@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from diffusion.core import parameterization as P
+from diffusion.core.denoiser import Denoiser
 from diffusion.core import schedules
 from diffusion.core import sdes
 
@@ -52,11 +53,13 @@ def test_model_wrappers_produce_exact_eps_and_score():
   alpha, sigma = P.discrete_coeffs(sched, t_int)
   # A model that predicts x0 exactly, wrapped, gives the exact eps.
   x0_model = lambda x, t: P.from_eps("x0", data.eps_fn(sched)(x, t), x, *P.discrete_coeffs(sched, t))
-  np.testing.assert_allclose(P.eps_fn_from_model(x0_model, "x0", sched)(x, t_int), eps_true, rtol=1e-4, atol=1e-5)
+  den = Denoiser(lambda x, t, cond: x0_model(x, t), "x0", sched)
+  np.testing.assert_allclose(den.eps_fn()(x, t_int), eps_true, rtol=1e-4, atol=1e-5)
   t = jnp.array([0.01, 0.2, 0.5, 0.8, 1.0])
   score_true = data.score_fn(sde)(x, t)
   v_model = lambda x, t: P.from_eps("v", -sde.marginal_coeffs(t)[1][:, None] * score_true, x, *sde.marginal_coeffs(t))
-  np.testing.assert_allclose(P.score_fn_from_model(v_model, "v", sde)(x, t), score_true, rtol=1e-4, atol=1e-5)
+  den = Denoiser(lambda x, t, cond: v_model(x, t), "v", sde)
+  np.testing.assert_allclose(den.score_fn()(x, t), score_true, rtol=1e-4, atol=1e-5)
 
 
 def test_discrete_eps_model_drives_continuous_samplers():
@@ -68,7 +71,8 @@ def test_discrete_eps_model_drives_continuous_samplers():
   sched = schedules.get("linear", num_steps=1000)
   sde = sdes.VPSDE()
   data = gaussian([0.5], 0.3)
-  score_fn = P.score_fn_from_eps_fn(data.eps_fn(sched), sched)
+  eps_model = data.eps_fn(sched)
+  score_fn = Denoiser(lambda x, t, cond: eps_model(x, t), "eps", sched).score_fn(sde)
   t = jnp.array([0.1, 0.2, 0.3])
   x = jnp.array([[0.1], [-0.4], [1.0]])
   np.testing.assert_allclose(score_fn(x, t), data.score_fn(sde)(x, t), rtol=2e-2)
@@ -78,4 +82,4 @@ def test_unknown_kind_lists_valid():
   with pytest.raises(ValueError, match=r"unknown src 'noise'.*'eps', 'x0', 'v', 'score'"):
     P.convert(jnp.zeros((1, 1)), jnp.zeros((1, 1)), jnp.ones(1), jnp.ones(1), src="noise", dst="x0")
   with pytest.raises(ValueError, match="unknown parameterization"):
-    P.eps_fn_from_model(lambda x, t: x, "epsilon", schedules.get("linear", num_steps=10))
+    Denoiser(lambda x, t, cond: x, "epsilon", schedules.get("linear", num_steps=10))

@@ -221,8 +221,8 @@ def test_probability_flow_rk45_matches_exact_map(sde):
   x_init = sde.prior_sample(jax.random.PRNGKey(4), (256, 1))
   (a1, s1), (ae, se) = [tuple(float(v[0]) for v in sde.marginal_coeffs(jnp.array([t]))) for t in (1.0, 1e-3)]
   exact = gaussian_flow_map(np.asarray(x_init), MU, S, a1, s1, ae, se)
-  x, stats = samplers.probability_flow(DATA.score_fn(sde), sde, KEY, (256, 1), method="rk45",
-                                       x_init=x_init, return_stats=True)
+  x, stats = samplers.probability_flow_adaptive(DATA.score_fn(sde), sde, KEY, (256, 1),
+                                                x_init=x_init)
   assert bool(stats["reached_end"])
   assert float(np.max(np.abs(np.asarray(x) - exact))) < 1e-4 * max(1.0, sde.prior_std / 10)
   assert 20 < int(stats["nfe"]) < 1000

@@ -33,12 +33,10 @@ import numpy as np
 from jax.scipy.special import log_ndtr
 
 from diffusion.core import ode
-from diffusion.core import schedules
+from diffusion.core import parameterization, schedules
 
 DIVERGENCES = ("hutchinson", "exact")
 PROBES = ("rademacher", "gaussian")
-ODE_METHODS = ("rk45", "euler", "heun")
-VARIANCES = ("beta_tilde", "beta")
 # The exact divergence costs D jvps and ~2 D^2 B floats of memory; above this
 # D (a 64x64 grey image) use the Hutchinson estimator.
 MAX_EXACT_DIM = 4096
@@ -63,10 +61,6 @@ def _check_batched(x, name="x"):
                      f"at least one data axis); got shape {shape}")
 
 
-def _check_t(x, t):
-  shape = getattr(t, "shape", None)
-  if shape is None or len(shape) != 1 or shape[0] != x.shape[0]:
-    raise ValueError(f"t must have shape [B] = [{x.shape[0]}] for x of shape {x.shape}; got {shape}")
 
 
 def _check_exact_dim(x):
@@ -135,7 +129,7 @@ def divergence(fn: Callable[[jax.Array, jax.Array], jax.Array], x: jax.Array, t:
   """
   _check_choice(method, DIVERGENCES, "method")
   _check_batched(x)
-  _check_t(x, t)
+  schedules.check_t(x, t)
   probes = _probes(method, probe, num_probes, x, rng)
   return _value_and_divergence(lambda v: fn(v, t), x, probes)[1]
 
@@ -169,7 +163,7 @@ def log_likelihood(score_fn: Callable[[jax.Array, jax.Array], jax.Array], sde, x
     limit stops the solve short of ``t = 1``, ``logp`` is NaN rather than a
     silently wrong number.
   """
-  _check_choice(method, ODE_METHODS, "method")
+  _check_choice(method, ode.METHODS, "method")
   _check_choice(divergence, DIVERGENCES, "divergence")
   _check_int(num_steps, "num_steps", 1)
   _check_batched(x)
@@ -286,12 +280,12 @@ def ddpm_vlb(eps_fn, sched: schedules.DiscreteSchedule, x0: jax.Array, rng: jax.
   ``x0`` is ``[B, ...]`` data in [-1, 1]; ``num_bins`` (K >= 2) is the number
   of data levels (256 for 8-bit images).
   """
-  _check_choice(variance, VARIANCES, "variance")
+  _check_choice(variance, schedules.VARIANCES, "variance")
   _check_int(num_bins, "num_bins", 2)
   _check_batched(x0, "x0")
   x0 = jnp.asarray(x0, jnp.float32)
   n, T = x0.shape[0], sched.num_steps
-  var_table = sched.betas if variance == "beta" else sched.posterior_variances
+  var_table = schedules.variance_table(sched, variance)
   to_bpd = 1.0 / (_dim(x0) * math.log(2.0))
 
   def latent(t):
@@ -303,8 +297,9 @@ def ddpm_vlb(eps_fn, sched: schedules.DiscreteSchedule, x0: jax.Array, rng: jax.
     eps = eps_fn(x_t, tb)
     if eps.shape != x_t.shape:
       raise ValueError(f"eps_fn must return the shape of x {x_t.shape}; got {eps.shape}")
-    ab, one_minus_ab = _b(sched.alpha_bars[tb], x_t), _b(sched.one_minus_alpha_bars[tb], x_t)
-    return (x_t - jnp.sqrt(one_minus_ab) * eps) / jnp.sqrt(ab)
+    # sigma from the cancellation-free 1 - alpha_bar (exact at small t).
+    alpha, sigma = sched.alpha(tb), jnp.sqrt(sched.one_minus_alpha_bars[tb])
+    return parameterization.from_eps("x0", eps, x_t, alpha, sigma)
 
   ab_last = sched.alpha_bars[T - 1]
   prior = _sum_except_batch(_normal_kl(jnp.sqrt(ab_last) * x0, jnp.log1p(-ab_last), 0.0, 0.0))

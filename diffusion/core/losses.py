@@ -67,8 +67,8 @@ def discrete_loss(
   t = jax.random.randint(t_key, (x0.shape[0],), 0, sched.num_steps)
   eps = jax.random.normal(n_key, x0.shape, x0.dtype)
   x_t = schedules.q_sample(sched, x0, t, eps)
-  alpha, sigma = parameterization.discrete_coeffs(sched, t)
-  target = {"eps": eps, "x0": x0, "v": _b(alpha, x0) * eps - _b(sigma, x0) * x0}[prediction]
+  alpha, sigma = sched.alpha(t), sched.sigma(t)
+  target = parameterization.target(prediction, x0, eps, alpha, sigma)
   out = model_fn(params, x_t, t, m_key).astype(jnp.float32)
   mse = _mean_except_batch((out - target) ** 2)
   weight = 1.0
@@ -118,5 +118,3 @@ def continuous_loss(
   loss = jnp.mean(weight * sq)
   return loss, {"loss": loss, "eps_mse": jnp.mean(sq)}
 
-
-LOSSES = {"discrete": discrete_loss, "continuous": continuous_loss}

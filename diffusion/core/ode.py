@@ -42,6 +42,8 @@ def heun_step(f: OdeFn, y, t, h):
 
 
 FIXED_STEP = {"euler": (euler_step, 1), "heun": (heun_step, 2)}
+# Every method: the fixed-step ones (name -> (step, evaluations per step)) and adaptive "rk45".
+METHODS = (*FIXED_STEP, "rk45")
 
 
 def integrate_fixed(f: OdeFn, y0, ts: jax.Array, method: str = "heun", return_trajectory: bool = False):

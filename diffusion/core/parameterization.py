@@ -12,12 +12,11 @@ sde.marginal_coeffs(t)`` (VE: ``alpha = 1``). With those two numbers
     x0    = (alpha x_t - sigma v) / (alpha^2 + sigma^2)
     eps   = (sigma x_t + alpha v) / (alpha^2 + sigma^2)
 
-so any network output can feed any sampler. ``alpha`` and ``sigma`` are
+so any network output can feed any sampler. `diffusion.core.denoiser` wraps a
+network with these conversions. ``alpha`` and ``sigma`` are
 ``[B]`` or broadcastable to ``x_t`` (``[B, 1, ...]``).
 """
 from __future__ import annotations
-
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -70,50 +69,16 @@ def convert(out: jax.Array, x_t: jax.Array, alpha, sigma, *, src: str, dst: str)
   return from_eps(dst, to_eps(src, out, x_t, alpha, sigma), x_t, alpha, sigma)
 
 
+def target(kind: str, x0: jax.Array, eps: jax.Array, alpha, sigma) -> jax.Array:
+  """The training target of kind ``kind`` for clean ``x0`` and its noise ``eps``
+  (``x_t = alpha x0 + sigma eps``): eps, x0, ``v = alpha eps - sigma x0``, or the
+  conditional score ``-eps / sigma``."""
+  _check_kind(kind)
+  alpha, sigma = _b(alpha, x0), _b(sigma, x0)
+  return {"eps": lambda: eps, "x0": lambda: x0, "v": lambda: alpha * eps - sigma * x0,
+          "score": lambda: -eps / sigma}[kind]()
+
+
 def discrete_coeffs(sched: schedules.DiscreteSchedule, t: jax.Array):
   """``(alpha, sigma)``, each ``[B]``, of a discrete schedule at integer ``t [B]``."""
-  ab = sched.alpha_bars[t]
-  return jnp.sqrt(ab), jnp.sqrt(1.0 - ab)
-
-
-def eps_fn_from_model(
-    model_fn: Callable, kind: str, sched: schedules.DiscreteSchedule
-) -> Callable[[jax.Array, jax.Array], jax.Array]:
-  """Wraps ``model_fn(x_t, t_int) -> prediction of kind`` into ``eps_fn(x, t_int)``."""
-  _check_kind(kind)
-
-  def eps_fn(x, t):
-    alpha, sigma = discrete_coeffs(sched, t)
-    return to_eps(kind, model_fn(x, t), x, alpha, sigma)
-
-  return eps_fn
-
-
-def score_fn_from_model(model_fn: Callable, kind: str, sde) -> Callable[[jax.Array, jax.Array], jax.Array]:
-  """Wraps ``model_fn(x_t, t_float) -> prediction of kind`` into ``score_fn(x, t)``."""
-  _check_kind(kind)
-
-  def score_fn(x, t):
-    alpha, sigma = sde.marginal_coeffs(t)
-    out = model_fn(x, t)
-    if kind == "score":
-      return out
-    return -to_eps(kind, out, x, alpha, sigma) / _b(sigma, x)
-
-  return score_fn
-
-
-def score_fn_from_eps_fn(eps_fn: Callable, sched: schedules.DiscreteSchedule) -> Callable:
-  """Lets a discrete-time eps model drive the continuous-time (VP) samplers.
-
-  Continuous ``t`` maps to the nearest discrete step ``round(t T - 1)``
-  (``alpha_bar_t ~ alpha((t+1)/T)^2`` for the matching `VPSDE`), and the score
-  is ``-eps / sqrt(1 - alpha_bar)`` of that step.
-  """
-  T = sched.num_steps
-
-  def score_fn(x, t):
-    t_int = jnp.clip(jnp.round(t * T - 1.0), 0, T - 1).astype(jnp.int32)
-    return -eps_fn(x, t_int) / _b(jnp.sqrt(1.0 - sched.alpha_bars[t_int]), x)
-
-  return score_fn
+  return sched.alpha(t), sched.sigma(t)

@@ -28,18 +28,37 @@ import numpy as np
 @functools.partial(
     jax.tree_util.register_dataclass,
     data_fields=["betas", "alpha_bars"],
-    meta_fields=[],
+    meta_fields=["kind"],
 )
 @dataclasses.dataclass(frozen=True)
 class DiscreteSchedule:
   """A discrete noise schedule; a pytree of float32 ``[T]`` tables.
 
   Build it with `get` or `from_betas` (which computes ``alpha_bars`` in
-  float64 before rounding, so long products stay accurate).
+  float64 before rounding, so long products stay accurate). ``kind`` is the
+  name it was built by ("linear", "cosine", ...; "table" for `from_betas`):
+  `diffusion.core.processes` reads it to tell which schedules are a grid over
+  an SDE (the continuous samplers can run those).
+
+  The noise-process contract on integer steps ``t [B]`` (0 the least noisy):
+  `alpha`, `sigma` and `log_snr` with ``x_t = alpha x_0 + sigma eps``.
   """
 
   betas: jax.Array
   alpha_bars: jax.Array
+  kind: str = "table"
+
+  def alpha(self, t: jax.Array) -> jax.Array:
+    """``sqrt(alpha_bar_t)``; same shape as the integer steps ``t``."""
+    return jnp.sqrt(self.alpha_bars[t])
+
+  def sigma(self, t: jax.Array) -> jax.Array:
+    """``sqrt(1 - alpha_bar_t)``; same shape as ``t``."""
+    return jnp.sqrt(1.0 - self.alpha_bars[t])
+
+  def log_snr(self, t: jax.Array) -> jax.Array:
+    """``log(alpha_bar_t / (1 - alpha_bar_t))``, with the cancellation-free ``1 - alpha_bar``."""
+    return jnp.log(self.alpha_bars[t]) - jnp.log(self.one_minus_alpha_bars[t])
 
   @property
   def num_steps(self) -> int:
@@ -70,7 +89,18 @@ class DiscreteSchedule:
     return self.betas * (1.0 - self.alpha_bars_prev) / self.one_minus_alpha_bars
 
 
-def from_betas(betas) -> DiscreteSchedule:
+# Reverse-step variances of DDPM: beta_t, or the posterior's beta_tilde_t.
+VARIANCES = ("beta", "beta_tilde")
+
+
+def variance_table(sched: DiscreteSchedule, variance: str) -> jax.Array:
+  """The ``[T]`` table of reverse-step variances named `variance` (`VARIANCES`)."""
+  if variance not in VARIANCES:
+    raise ValueError(f"unknown variance {variance!r}; valid: {list(VARIANCES)}")
+  return sched.betas if variance == "beta" else sched.posterior_variances
+
+
+def from_betas(betas, kind: str = "table") -> DiscreteSchedule:
   """Schedule from a beta table (float64 cumulative product, stored float32)."""
   b = np.asarray(betas, dtype=np.float64)
   if b.ndim != 1 or b.size < 1:
@@ -78,9 +108,8 @@ def from_betas(betas) -> DiscreteSchedule:
   if not np.all((b > 0) & (b < 1)):
     raise ValueError(f"betas must lie in (0, 1); got min {b.min()}, max {b.max()}")
   alpha_bars = np.cumprod(1.0 - b)
-  return DiscreteSchedule(
-      betas=jnp.asarray(b, jnp.float32), alpha_bars=jnp.asarray(alpha_bars, jnp.float32)
-  )
+  return DiscreteSchedule(betas=jnp.asarray(b, jnp.float32),
+                          alpha_bars=jnp.asarray(alpha_bars, jnp.float32), kind=kind)
 
 
 def linear_betas(num_steps: int, beta_start: float = 1e-4, beta_end: float = 0.02) -> np.ndarray:
@@ -127,7 +156,7 @@ def get(name: str, num_steps: int = 1000, **kwargs) -> DiscreteSchedule:
     betas = SCHEDULES[name](int(num_steps), **kwargs)
   except TypeError as e:
     raise ValueError(f"bad keyword for schedule {name!r}: {e}") from None
-  return from_betas(betas)
+  return from_betas(betas, kind=name)
 
 
 # --------------------------------------------------------------------------
@@ -135,11 +164,12 @@ def get(name: str, num_steps: int = 1000, **kwargs) -> DiscreteSchedule:
 # --------------------------------------------------------------------------
 
 
-def _check_t(x: jax.Array, t: jax.Array, what: str = "t") -> None:
-  if t.ndim != 1 or t.shape[0] != x.shape[0]:
-    raise ValueError(
-        f"{what} must have shape [B] = [{x.shape[0]}] to match x of shape {x.shape}; got {t.shape}"
-    )
+def check_t(x: jax.Array, t, what: str = "t") -> None:
+  """Raises ValueError unless ``t`` is ``[B]`` for ``x`` ``[B, ...]`` (shared by core)."""
+  shape = getattr(t, "shape", None)
+  if shape is None or len(shape) != 1 or shape[0] != x.shape[0]:
+    raise ValueError(f"{what} must have shape [B] = [{x.shape[0]}] for x of shape {x.shape}; "
+                     f"got {shape}")
 
 
 def broadcast_to(values: jax.Array, x: jax.Array) -> jax.Array:
@@ -149,7 +179,7 @@ def broadcast_to(values: jax.Array, x: jax.Array) -> jax.Array:
 
 def signal_noise(sched: DiscreteSchedule, t: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
   """``(sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t))`` shaped ``[B, 1, ..]`` for ``x``."""
-  _check_t(x, t)
+  check_t(x, t)
   ab = broadcast_to(sched.alpha_bars[t], x)
   return jnp.sqrt(ab), jnp.sqrt(1.0 - ab)
 
@@ -173,7 +203,7 @@ def q_sample(sched: DiscreteSchedule, x0: jax.Array, t: jax.Array, noise: jax.Ar
 
 def q_step(sched: DiscreteSchedule, x_prev: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
   """One forward step ``q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I)``."""
-  _check_t(x_prev, t)
+  check_t(x_prev, t)
   b = broadcast_to(sched.betas[t], x_prev)
   return jnp.sqrt(1.0 - b) * x_prev + jnp.sqrt(b) * noise
 
@@ -188,7 +218,7 @@ def q_posterior(sched: DiscreteSchedule, x0: jax.Array, x_t: jax.Array, t: jax.A
   """
   if x0.shape != x_t.shape:
     raise ValueError(f"x0 shape {x0.shape} must equal x_t shape {x_t.shape}")
-  _check_t(x_t, t)
+  check_t(x_t, t)
   one_minus_ab = broadcast_to(sched.one_minus_alpha_bars[t], x_t)
   ab_prev = broadcast_to(sched.alpha_bars_prev[t], x_t)
   beta = broadcast_to(sched.betas[t], x_t)

@@ -26,9 +26,6 @@ ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x [B, ...], t [B]) -> 
 _b = schedules.broadcast_to
 
 
-def _check_t(x: jax.Array, t: jax.Array) -> None:
-  if t.ndim != 1 or t.shape[0] != x.shape[0]:
-    raise ValueError(f"t must have shape [B] = [{x.shape[0]}] for x of shape {x.shape}; got {t.shape}")
 
 
 def _sum_except_batch(x: jax.Array) -> jax.Array:
@@ -42,11 +39,26 @@ def _gaussian_logp(z: jax.Array, std) -> jax.Array:
 
 
 class _SDE:
-  """Shared methods; subclasses define drift, diffusion, marginal_coeffs, prior_std."""
+  """Shared methods; subclasses define drift, diffusion, marginal_coeffs, prior_std.
+
+  The noise-process contract (`diffusion.core.processes`): ``alpha(t)``,
+  ``sigma(t)`` and ``log_snr(t)`` of the marginal ``x_t = alpha x_0 + sigma
+  eps`` at float times ``t [B]`` in [0, 1] (1 = prior).
+  """
+
+  def alpha(self, t):
+    return self.marginal_coeffs(t)[0]
+
+  def sigma(self, t):
+    return self.marginal_coeffs(t)[1]
+
+  def log_snr(self, t):
+    alpha, sigma = self.marginal_coeffs(t)
+    return 2.0 * (jnp.log(alpha) - jnp.log(sigma))
 
   def marginal(self, x0: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(mean [B, ...], std [B, 1, ...])`` of ``p_t(x | x0)``."""
-    _check_t(x0, t)
+    schedules.check_t(x0, t)
     alpha, std = self.marginal_coeffs(t)
     return _b(alpha, x0) * x0, _b(std, x0)
 

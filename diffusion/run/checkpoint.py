@@ -78,20 +78,6 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
     return restored["state"], dict(restored["data"] or {})
 
-  def restore_or_init(self, init_state: PyTree, init_data_state: dict | None = None,
-                      step: int | None = None) -> tuple[PyTree, dict | None, int | None]:
-    """Restores checkpoint `step` (default: the latest), or returns the inputs.
-
-    Returns:
-      ``(state, data_state, restored_step)``; ``restored_step`` is None when
-      there was no checkpoint and the inputs came back unchanged.
-    """
-    step = self.latest_step() if step is None else step
-    if step is None:
-      return init_state, init_data_state, None
-    state, data_state = self.restore(step, init_state)
-    return state, data_state, step
-
   def wait_until_finished(self) -> None:
     self._manager.wait_until_finished()
 

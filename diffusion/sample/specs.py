@@ -1,63 +1,71 @@
-"""Sampler specs of `--mode eval`: ``"ddim:steps=50,eta=0"`` -> a sampler config.
+"""The samplers of `--mode eval`: typed config entries, and spec strings as shorthand.
 
-A spec names a sampler of `diffusion.samplers` and, after a colon, overrides of
-its ``config.sample`` keys in short form (`SPEC_KEYS`); `sampler_config` turns
-it into a validated copy of the experiment config, `spec_filename` into the
-stem of its round files, `nfe` counts its network evaluations per sample.
+    config.eval.samplers.ddim50 = dict(method="ddim", num_steps=50, eta=0.0)   # typed entry
+    --config.eval.specs="('ddim:steps=50,eta=0', 'ddpm')"                      # shorthand
+
+A typed entry is a sub-dict of ``config.eval.samplers`` named by its key: a
+``method`` (a sampler of `diffusion.core.samplers.registry`) and any of that
+sampler's options. A spec string ``"name[:key=value,...]"`` names a sampler
+and overrides of its options; a key is an options field or its short form
+(`ALIASES`: steps, clip). Both parse into the same options, and options they
+do not set come from ``config.sample``. `eval_samplers` lists a config's
+entries (typed ones first) as `Entry` records, each with a validated copy of
+the config whose ``sample`` section runs it.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
 import re
+from typing import Any
 
 from diffusion import experiment
+from diffusion.core.samplers import registry
 
-# Spec key -> config.sample key, per sampler (all others are refused).
-SPEC_KEYS = {
-    "ddpm": {"variance": "variance", "clip": "clip_denoised"},
-    "ddim": {"steps": "num_steps", "eta": "eta", "clip": "clip_denoised"},
-    "euler_maruyama": {"steps": "num_steps", "eps": "eps"},
-    "predictor_corrector": {"steps": "num_steps", "predictor": "predictor",
-                            "corrector": "corrector", "snr": "snr",
-                            "corrector_steps": "corrector_steps", "eps": "eps"},
-    "probability_flow": {"steps": "num_steps", "ode_method": "ode_method", "eps": "eps"},
-}
+# Short spec keys for options fields.
+ALIASES = {"steps": "num_steps", "clip": "clip_denoised"}
 _TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
+_SHORT = {v: k for k, v in ALIASES.items()}
+
+
+def _spec_keys(record) -> dict[str, str]:
+  """Spec key -> options field of `record`: every field, and its short form."""
+  fields = registry.field_types(record.options)
+  keys = {_SHORT.get(f, f): f for f in fields}
+  keys.update({f: f for f in fields})
+  return keys
 
 
 def parse_sampler_spec(spec: str) -> tuple[str, dict]:
   """``"ddim:steps=50,eta=0"`` -> ``("ddim", {"num_steps": 50, "eta": 0.0})``.
 
-  Keys per sampler are those of `SPEC_KEYS` (mapped to ``config.sample.*``);
-  values are converted to the type of that config key. ValueError names the
+  Values are converted to the type of the options field; ValueError names the
   spec and the valid sampler names or keys.
   """
   name, _, args = spec.strip().partition(":")
   name = name.strip()
-  if name not in SPEC_KEYS:
+  if name not in registry.SAMPLERS:
     raise ValueError(f"sampler spec {spec!r}: unknown sampler {name!r}; valid: "
-                     f"{', '.join(SPEC_KEYS)}")
-  valid = SPEC_KEYS[name]
+                     f"{', '.join(registry.SAMPLERS)}")
+  record = registry.SAMPLERS[name]
+  keys, types = _spec_keys(record), registry.field_types(record.options)
   overrides = {}
   for item in filter(None, (i.strip() for i in args.split(","))):
     key, eq, value = (s.strip() for s in item.partition("="))
     if not eq or not value:
       raise ValueError(f"sampler spec {spec!r}: item {item!r} is not key=value")
-    if key not in valid:
+    if key not in keys:
+      shown = [_SHORT.get(f, f) for f in types]
       raise ValueError(f"sampler spec {spec!r}: unknown key {key!r} for {name}; valid keys: "
-                       f"{', '.join(valid) or 'none'}")
-    if valid[key] in overrides:
+                       f"{', '.join(shown) or 'none'}")
+    if keys[key] in overrides:
       raise ValueError(f"sampler spec {spec!r}: key {key!r} given twice")
-    overrides[valid[key]] = _convert(value, key, valid[key], spec)
+    overrides[keys[key]] = convert(value, types[keys[key]], f"sampler spec {spec!r}: {key}")
   return name, overrides
 
 
-_TYPES = {"num_steps": int, "corrector_steps": int, "eta": float, "snr": float, "eps": float,
-          "clip_denoised": bool}  # Other config.sample keys of SPEC_KEYS are strings.
-
-
-def _convert(text: str, key: str, config_key: str, spec: str):
-  kind = _TYPES.get(config_key, str)
+def convert(text: str, kind: type, what: str):
+  """`text` as `kind` (bool, int, float or str); ValueError starting with `what`."""
   try:
     if kind is bool:
       if text.lower() not in _TRUE + _FALSE:
@@ -65,21 +73,73 @@ def _convert(text: str, key: str, config_key: str, spec: str):
       return text.lower() in _TRUE
     return kind(text)
   except ValueError as e:
-    raise ValueError(f"sampler spec {spec!r}: {key}={text!r} is not a {kind.__name__}: {e}") from None
+    raise ValueError(f"{what}={text!r} is not a {kind.__name__}: {e}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+  """One sampler of `--mode eval`: its name (the typed entry's key, or the spec
+  string), the sampler and option overrides, and the validated config to run."""
+
+  name: str
+  method: str
+  overrides: dict
+  config: Any
+
+
+def _entry_config(config, name: str, method: str, overrides: dict):
+  cfg = copy.deepcopy(config)
+  cfg.sample.method = method
+  for key, value in overrides.items():
+    if key not in cfg.sample:
+      raise ValueError(f"eval sampler {name!r}: {key!r} is not a config.sample key")
+    cfg.sample[key] = value
+  try:
+    experiment.check_sampler(cfg, experiment.noise_process(cfg))
+  except ValueError as e:
+    raise ValueError(f"sampler spec {name!r} does not fit this model: {e}") from None
+  return cfg
+
+
+def _typed_entry(name: str, entry) -> tuple[str, dict]:
+  values = dict(entry)
+  method = values.pop("method", None)
+  if method not in registry.SAMPLERS:
+    raise ValueError(f"config.eval.samplers.{name}.method={method!r}: unknown sampler; "
+                     f"valid: {', '.join(registry.SAMPLERS)}")
+  fields = registry.field_types(registry.SAMPLERS[method].options)
+  unknown = sorted(set(values) - set(fields))
+  if unknown:
+    raise ValueError(f"config.eval.samplers.{name}: {method} has no option "
+                     f"{', '.join(unknown)}; valid: {', '.join(fields)}")
+  return method, values
 
 
 def sampler_config(config, spec: str):
-  """A copy of `config` with ``sample.method`` and the spec's overrides; validated."""
+  """A copy of `config` whose ``sample`` section runs the spec string; validated."""
   name, overrides = parse_sampler_spec(spec)
-  cfg = copy.deepcopy(config)
-  cfg.sample.method = name
-  for key, value in overrides.items():
-    cfg.sample[key] = value
-  try:
-    experiment.validate_config(cfg)
-  except ValueError as e:
-    raise ValueError(f"sampler spec {spec!r} does not fit this model: {e}") from None
-  return cfg
+  return _entry_config(config, spec, name, overrides)
+
+
+def eval_samplers(config) -> list[Entry]:
+  """The entries of ``config.eval.samplers`` then ``config.eval.specs``, validated
+  (empty both: the sampler of ``config.sample``). Names must be unique."""
+  e = config.eval
+  entries = []
+  for name, entry in e.samplers.items():
+    method, overrides = _typed_entry(name, entry)
+    entries.append(Entry(name, method, overrides, _entry_config(config, name, method, overrides)))
+  for spec in e.specs:
+    method, overrides = parse_sampler_spec(spec)
+    entries.append(Entry(spec, method, overrides, _entry_config(config, spec, method, overrides)))
+  if not entries:
+    entries.append(Entry(config.sample.method, config.sample.method, {},
+                         _entry_config(config, config.sample.method, config.sample.method, {})))
+  names = [x.name for x in entries]
+  repeated = sorted({n for n in names if names.count(n) > 1})
+  if repeated:
+    raise ValueError(f"config.eval.samplers / config.eval.specs repeat {', '.join(repeated)}")
+  return entries
 
 
 def spec_filename(spec: str) -> str:
@@ -89,17 +149,12 @@ def spec_filename(spec: str) -> str:
 
 
 def sampler_steps(cfg) -> int:
-  """Sampler steps of ``cfg.sample`` (ddpm: all T)."""
-  return int(cfg.diffusion.num_steps) if cfg.sample.method == "ddpm" else int(cfg.sample.num_steps)
+  """Sampler steps of ``cfg.sample`` (ddpm: all T), from its record."""
+  record, options, process = experiment.check_sampler(cfg, experiment.noise_process(cfg))
+  return int(record.steps(options, process))
 
 
-def nfe(sample_config) -> int | None:
-  """Network evaluations per sample of ``sample_config.sample`` (None: rk45, adaptive)."""
-  s = sample_config.sample
-  if s.method == "ddpm":
-    return int(sample_config.diffusion.num_steps)
-  if s.method == "predictor_corrector":
-    return s.num_steps * ((s.predictor != "none") + (s.corrector != "none") * s.corrector_steps)
-  if s.method == "probability_flow":
-    return None if s.ode_method == "rk45" else s.num_steps * (2 if s.ode_method == "heun" else 1)
-  return int(s.num_steps)  # ddim, euler_maruyama
+def nfe(cfg) -> int | None:
+  """Network evaluations per sample of ``cfg.sample`` (None: adaptive), from its record."""
+  record, options, process = experiment.check_sampler(cfg, experiment.noise_process(cfg))
+  return record.nfe(options, process)

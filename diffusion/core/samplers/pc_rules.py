@@ -1,4 +1,4 @@
-"""Predictor and corrector update rules for `samplers.predictor_corrector`.
+"""Predictor and corrector update rules for `samplers.sde.predictor_corrector`.
 
 A predictor takes one reverse-time step from ``t`` to ``t - dt`` (``dt > 0``)
 given standard-normal noise ``z``; it returns ``(x_new, x_mean, score)``
