@@ -3,7 +3,6 @@ during training and `--mode sample` on a trained workdir.
 """
 from __future__ import annotations
 
-import os
 import time
 from typing import Callable
 
@@ -19,7 +18,9 @@ from diffusion.core import parameterization
 from diffusion.core import samplers
 from diffusion.core import sdes
 from diffusion.viz import images as visualize
-from diffusion.run import writers
+from diffusion.run import console
+from diffusion.run import resume
+from diffusion.run.workdir import Workdir, save_npz
 
 
 def sampler_process(config, process):
@@ -139,14 +140,12 @@ def sample(config, workdir: str) -> str:
   if s.method == "probability_flow" and s.ode_method == "rk45":
     raise ValueError("--mode sample writes a reverse-process GIF, which needs a trajectory; "
                      "sample.ode_method='rk45' has none: use 'euler' or 'heun'")
-  if not os.path.exists(os.path.join(workdir, "config.json")):
-    raise FileNotFoundError(f"{workdir} has no config.json: train there first")
-  writers.check_config(config, workdir, write=False)
+  resume.check_config(config, workdir, write=False, mode="sample")
   model = experiment.build_model(config)
   process = experiment.noise_process(config)
   create_fn, _ = experiment.state_fns(config, model)
   state_key, sample_key = experiment.keys(config)
-  with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), None) as ckpt:
+  with checkpoint.Checkpointer(Workdir(workdir).checkpoints_dir, None) as ckpt:
     step = s.checkpoint_step
     step = ckpt.latest_step() if step is None else step
     if step is None:
@@ -174,13 +173,13 @@ def sample(config, workdir: str) -> str:
           chunk_fn(state.ema_params, jax.random.fold_in(sample_key, c))))
   images = np.clip(np.concatenate(chunks)[:n], -1.0, 1.0).astype(np.float32)
 
-  stem = os.path.join(workdir, "samples", f"final_{step:06d}")
+  out = {ext: Workdir(workdir).final_samples(step, ext) for ext in ("png", "npz", "gif")}
   if jax.process_index() == 0:
-    visualize.save_png(stem + ".png", visualize.image_grid(images[:grid_n]))
-    np.savez(stem + ".npz", images=images)
-    visualize.save_gif(stem + ".gif", visualize.reverse_process_frames(
+    visualize.save_png(out["png"], visualize.image_grid(images[:grid_n]))
+    save_npz(out["npz"], images=images)
+    visualize.save_gif(out["gif"], visualize.reverse_process_frames(
         traj_x, first, s.gif_frames))
-  writers.echo(f"wrote {n} samples to {stem}.npz, a grid of {grid_n} to {stem}.png and its "
-               f"reverse process to {stem}.gif ({s.method}, EMA params of step {step}, "
+  console.echo(f"wrote {n} samples to {out['npz']}, a grid of {grid_n} to {out['png']} and its "
+               f"reverse process to {out['gif']} ({s.method}, EMA params of step {step}, "
                f"{time.time() - t0:.1f}s)")
-  return stem + ".png"
+  return str(out["png"])
