@@ -35,7 +35,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from diffusion.modes import eval as eval_mode  # noqa: E402
 from diffusion.dist import parallel  # noqa: E402
-from diffusion.sample import fn as sampling  # noqa: E402
+from diffusion.modes import sample as sample_mode  # noqa: E402
 from diffusion.modes import train  # noqa: E402
 
 MODES = ("train", "sample", "eval")
@@ -65,7 +65,7 @@ def main(argv):
   if mode == "train":
     train.train_and_evaluate(config, workdir)
   elif mode == "sample":
-    sampling.sample(config, workdir)
+    sample_mode.sample(config, workdir)
   else:
     eval_mode.evaluate(config, workdir)
 

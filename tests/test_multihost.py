@@ -42,7 +42,7 @@ import pytest
 from configs import smoke
 from diffusion.run import checkpoint
 from diffusion.dist import parallel
-from diffusion.run import writers
+from diffusion.run import sinks
 import tiny_classifier
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -223,7 +223,7 @@ def test_two_processes_train_as_one_process_with_four_devices(runs):
   for step in (2, 4):
     assert _max_diff(root / "mp", root / "sp", step) < TOL
   # Process 0 alone wrote the metrics (one row per log step) and the samples.
-  mp_rows, sp_rows = writers.read_metrics(root / "mp"), writers.read_metrics(root / "sp")
+  mp_rows, sp_rows = sinks.read_metrics(root / "mp"), sinks.read_metrics(root / "sp")
   assert [r["step"] for r in mp_rows] == [2, 4]
   np.testing.assert_allclose([r["loss"] for r in mp_rows],
                              [r["loss"] for r in sp_rows[:2]], rtol=1e-5)

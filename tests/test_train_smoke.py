@@ -34,7 +34,7 @@ from diffusion.run import checkpoint
 from diffusion.sample import fn as sampling
 from diffusion.modes import train
 from diffusion.viz import images as visualize
-from diffusion.run import writers
+from diffusion.run import sinks
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -102,7 +102,7 @@ def test_config_json_is_the_config(runs):
 
 
 def test_metrics_rows(runs):
-  rows = writers.read_metrics(runs["full"])
+  rows = sinks.read_metrics(runs["full"])
   assert [r["step"] for r in rows] == [2, 4, 6]
   for r in rows:
     assert {"loss", "mse", "grad_norm", "lr", "steps_per_sec"} <= set(r)
@@ -132,8 +132,8 @@ def test_resume_continues_and_is_bit_identical(runs):
   assert full_data == {"epoch": 0, "position": 6}
   # The resumed run saw the same batches: every logged loss is identical (and
   # the stale row of step 5 was dropped on resume).
-  assert ([r["loss"] for r in writers.read_metrics(runs["full"])]
-          == [r["loss"] for r in writers.read_metrics(runs["part"])])
+  assert ([r["loss"] for r in sinks.read_metrics(runs["full"])]
+          == [r["loss"] for r in sinks.read_metrics(runs["part"])])
   # And it trained: params moved away from those of step 2.
   early, _ = _restore(runs["full"], 2)
   assert not np.array_equal(np.asarray(jax.tree.leaves(early["params"])[0]),
@@ -219,7 +219,7 @@ def test_sigterm_saves_exits_cleanly_and_resumes_bit_identical(runs):
   (last,) = _steps(stopped)  # Only the preemption checkpoint (ckpt_every=100000).
   assert 2 <= last < 100000
   assert f"SIGTERM: stopped at step {last} of 100000" in stderr
-  assert writers.read_metrics(stopped)[-1]["step"] <= last
+  assert sinks.read_metrics(stopped)[-1]["step"] <= last
   final, reference = 6, runs["full"]
   if last > 4:  # A fast machine ran past "full": train a reference as long.
     final, reference = last + 2, root / "uninterrupted"

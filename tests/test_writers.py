@@ -1,4 +1,5 @@
-"""writers: wandb offline runs (config, images, resumed id), redaction, modes.
+"""The run's writers (run.sinks, run.redact, run.resume): wandb offline runs (config, images,
+resumed id), redaction, modes.
 
 Never contacts the network: wandb runs in "offline" mode with its home
 directories under tmp_path. An offline wandb 0.31 run has no files/config.yaml
@@ -18,7 +19,9 @@ from PIL import Image
 import pytest
 
 from configs import smoke
-from diffusion.run import writers
+from diffusion.run import redact
+from diffusion.run import resume
+from diffusion.run import sinks
 
 SECRET = "sk-secret-123"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -127,8 +130,8 @@ def _run_contents(run_dir):
 def test_offline_run_writes_config_scalars_and_image(tmp_path):
   workdir = str(tmp_path / "run_a")
   config = _config()
-  writers.check_config(config, workdir, write=True)
-  writer = writers.MetricWriter(workdir, config)
+  resume.check_config(config, workdir, write=True)
+  writer = sinks.MetricWriter(workdir, config)
   writer.write(2, {"loss": np.float32(0.5), "grad_norm": 1.5})
   writer.write_image(2, "samples", _png(tmp_path / "grid.png"))
   writer.write(4, {"loss": 0.25, "grad_norm": float("nan")})
@@ -141,7 +144,7 @@ def test_offline_run_writes_config_scalars_and_image(tmp_path):
   assert len(images) == 1 and images[0].startswith("samples_2_") and images[0].endswith(".png")
 
   logged, history, run = _run_contents(run_dir)
-  flat = writers._flatten(json.loads(config.to_json()))
+  flat = redact.flatten(json.loads(config.to_json()))
   for key in ("data.batch_size", "model.ch", "model.channel_mult", "diffusion.num_steps",
               "train.num_steps", "sample.method", "wandb.mode", "wandb.tags"):
     assert logged[key] == flat[key], key
@@ -153,16 +156,16 @@ def test_offline_run_writes_config_scalars_and_image(tmp_path):
   assert "grad_norm" not in rows[1]  # NaN -> null in metrics.jsonl, not logged.
   [image] = [h["samples"] for h in history if "samples" in h]
   assert image["_type"] == "image-file" and image["path"] == "media/images/" + images[0]
-  assert [r["step"] for r in writers.read_metrics(workdir)] == [2, 4]
+  assert [r["step"] for r in sinks.read_metrics(workdir)] == [2, 4]
 
 
 def test_resumed_hook_reuses_run_id(tmp_path):
   workdir = str(tmp_path / "run_b")
   config = _config(name="my-run")
-  first = writers.WandbHook(config, True, workdir=workdir)
+  first = sinks.WandbHook(config, True, workdir=workdir)
   first.log(2, {"step": 2, "loss": 1.0})
   first.close()
-  second = writers.WandbHook(config, True, workdir=workdir)
+  second = sinks.WandbHook(config, True, workdir=workdir)
   second.log(4, {"step": 4, "loss": 0.5})
   second.close()
   assert first.run_id and second.run_id == first.run_id
@@ -172,11 +175,11 @@ def test_resumed_hook_reuses_run_id(tmp_path):
   assert len(dirs) == 2 and all(f"-{first.run_id}" in os.path.basename(d) for d in dirs)
   assert all(_run_contents(d)[2].display_name == "my-run" for d in dirs)
   # Another workdir is another run.
-  other = writers.WandbHook(config, True, workdir=str(tmp_path / "run_c"))
+  other = sinks.WandbHook(config, True, workdir=str(tmp_path / "run_c"))
   other.close()
   assert other.run_id != first.run_id
   # Not process 0 (enabled=False): nothing is started or written.
-  idle = writers.WandbHook(config, False, workdir=str(tmp_path / "run_d"))
+  idle = sinks.WandbHook(config, False, workdir=str(tmp_path / "run_d"))
   assert not idle.active and not os.path.exists(tmp_path / "run_d")
 
 
@@ -187,8 +190,8 @@ def test_redact():
                   "client_secret": "s", "empty_token": ""},
           "notes": f"uses {SECRET} here", "exact": SECRET, "tags": ["a", SECRET],
           "lr": 1e-3, "name": "keyboard"}
-  out = writers.redact(tree, secrets)
-  r = writers.REDACTED
+  out = redact.redact(tree, secrets)
+  r = redact.REDACTED
   assert out["wandb"] == {"api_key": r, "API-Key": r, "apiKey": r, "name": "n"}
   assert out["hub"] == {"HF_TOKEN": r, "db_password": r, "credentials": r,
                         "client_secret": r, "empty_token": ""}
@@ -197,8 +200,8 @@ def test_redact():
   assert tree["wandb"]["api_key"] == "abc"  # A copy.
   env = {"WANDB_API_KEY": "k" * 40, "MY_TOKEN": "tok-123456", "GH_SECRET": "shh!!",
          "DB_PASSWORD": "hunter22", "PATH": "/usr/bin", "SOME_KEY": "1"}
-  assert writers.secret_values(env) == {"k" * 40, "tok-123456", "shh!!", "hunter22"}
-  holds = lambda *argv: writers.argv_holds_secret(list(argv), secrets)
+  assert redact.secret_values(env) == {"k" * 40, "tok-123456", "shh!!", "hunter22"}
+  holds = lambda *argv: redact.argv_holds_secret(list(argv), secrets)
   assert holds("--config.wandb.api_key=abc") and holds("--config.hub.token", "abc")
   assert holds("--workdir", f"/runs/{SECRET}") and holds(f"--config.wandb.notes={SECRET}")
   assert not holds("--config.wandb.project=p", "--workdir", "/runs/a")
@@ -216,19 +219,19 @@ def test_secret_never_lands_under_workdir(tmp_path, monkeypatch):
   config.wandb.notes = f"key={SECRET}"  # Not a credential key: caught by value.
   config.data.credentials = config_dict.ConfigDict({"hub": {"Token": SECRET}, "user": "me"})
   config.lock()
-  writers.check_config(config, workdir, write=True)
-  writers.check_config(config, workdir, write=False)  # Resumable under its own redaction.
-  writer = writers.MetricWriter(workdir, config)
+  resume.check_config(config, workdir, write=True)
+  resume.check_config(config, workdir, write=False)  # Resumable under its own redaction.
+  writer = sinks.MetricWriter(workdir, config)
   writer.write(2, {"loss": 0.5, "auth_token": SECRET, "note": SECRET})
   writer.write_image(2, "samples", _png(tmp_path / "grid.png"))
   writer.close()
 
   saved = json.load(open(os.path.join(workdir, "config.json")))
-  assert saved["wandb"]["api_key"] == writers.REDACTED
-  assert saved["data"]["credentials"] == writers.REDACTED
-  assert saved["wandb"]["notes"] == writers.REDACTED
-  assert writers.read_metrics(workdir)[0]["auth_token"] == writers.REDACTED
-  assert _run_contents(_run_dirs(workdir)[0])[0]["wandb.api_key"] == writers.REDACTED
+  assert saved["wandb"]["api_key"] == redact.REDACTED
+  assert saved["data"]["credentials"] == redact.REDACTED
+  assert saved["wandb"]["notes"] == redact.REDACTED
+  assert sinks.read_metrics(workdir)[0]["auth_token"] == redact.REDACTED
+  assert _run_contents(_run_dirs(workdir)[0])[0]["wandb.api_key"] == redact.REDACTED
   walked = 0
   for root, _, files in os.walk(workdir):
     for name in files:
@@ -243,11 +246,12 @@ def test_disabled_does_not_import_wandb(tmp_path):
 import sys
 from configs import smoke
 from diffusion.modes import train
-from diffusion.run import writers
+from diffusion.run import resume
+from diffusion.run import sinks
 config = smoke.get_config()
 assert config.wandb.mode == "disabled"
-writers.check_config(config, {str(tmp_path)!r}, write=True)
-w = writers.MetricWriter({str(tmp_path)!r}, config)
+resume.check_config(config, {str(tmp_path)!r}, write=True)
+w = sinks.MetricWriter({str(tmp_path)!r}, config)
 w.write(2, {{"loss": 1.0}})
 w.write_image(2, "samples", "missing.png")
 w.close()
@@ -263,9 +267,27 @@ print("wandb imported:", "wandb" in sys.modules)
 
 def test_unknown_mode_raises(tmp_path):
   config = _config(mode="cloud")
-  for fn in (lambda: writers.check_wandb_config(config),
-             lambda: writers.check_config(config, str(tmp_path), write=True),
-             lambda: writers.MetricWriter(str(tmp_path), config)):
+  for fn in (lambda: sinks.check_wandb_config(config),
+             lambda: resume.check_config(config, str(tmp_path), write=True),
+             lambda: sinks.MetricWriter(str(tmp_path), config)):
     with pytest.raises(ValueError, match=r"wandb\.mode.*'cloud'.*disabled, offline, online"):
       fn()
   assert not os.path.exists(tmp_path / "config.json")
+
+
+def test_check_config_modes(tmp_path):
+  workdir, config = str(tmp_path / "run_m"), _config(mode="disabled")
+  for mode in ("sample", "eval"):  # Reading a run needs its config.json.
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+      resume.check_config(config, workdir, write=False, mode=mode)
+  with pytest.raises(ValueError, match=r"mode='serve' is unknown; valid: train, sample, eval"):
+    resume.check_config(config, workdir, write=False, mode="serve")
+  resume.check_config(config, workdir, write=True)
+  config.eval.num_samples += 1  # Not what was trained: any mode accepts it.
+  config.sample.method = "ddim"
+  for mode in ("train", "sample", "eval"):
+    resume.check_config(config, workdir, write=False, mode=mode)
+  config.diffusion.num_steps += 1
+  for mode, verb in (("train", "resume"), ("sample", "sample"), ("eval", "evaluate")):
+    with pytest.raises(ValueError, match=rf"diffusion\.num_steps(.|\n)*{verb} anyway"):
+      resume.check_config(config, workdir, write=False, mode=mode)

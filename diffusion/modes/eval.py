@@ -50,11 +50,11 @@ numbers logged to wandb when ``config.wandb.mode`` is on.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import time
 import zlib
 
+from etils import epath
 import jax
 import numpy as np
 
@@ -66,7 +66,10 @@ from diffusion.core import likelihood
 from diffusion.dist import parallel
 from diffusion.core import parameterization
 from diffusion.sample import fn as sampling
-from diffusion.run import writers
+from diffusion.run import console
+from diffusion.run import resume
+from diffusion.run import sinks
+from diffusion.run.workdir import Workdir, load_npz, read_json, save_npz, write_json
 from diffusion.eval import metrics
 
 from diffusion.sample.specs import nfe, sampler_config, sampler_steps, spec_filename
@@ -126,11 +129,10 @@ def _extractor_id(e) -> str:
 def reference_stats(config, workdir: str, extract):
   """``(FeatureStats, kept features)`` of the reference split; cached (see module doc)."""
   e = config.eval
-  path = e.reference_stats or os.path.join(
-      workdir, "eval", f"reference_{e.features}_{e.reference_split}.npz")
-  if _same_on_all_processes(os.path.exists(path), path):
-    with np.load(path) as f:
-      arrays = dict(f)
+  path = (epath.Path(e.reference_stats) if e.reference_stats
+          else Workdir(workdir).reference_stats(e.features, e.reference_split))
+  if _same_on_all_processes(path.exists(), path):
+    arrays = load_npz(path)
     if str(arrays["extractor"]) != _extractor_id(e):
       raise ValueError(f"{path} holds statistics of {arrays['extractor']}, not of "
                        f"{_extractor_id(e)}: delete it or set config.eval.reference_stats")
@@ -152,9 +154,8 @@ def reference_stats(config, workdir: str, extract):
     done += len(feats)
   kept = np.concatenate(kept)
   if jax.process_index() == 0:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    np.savez(path, **stats.to_arrays(), features=kept, extractor=_extractor_id(e))
-  writers.echo(f"reference statistics of {n} {e.reference_split} images -> {path}")
+    save_npz(path, **stats.to_arrays(), features=kept, extractor=_extractor_id(e))
+  console.echo(f"reference statistics of {n} {e.reference_split} images -> {path}")
   return stats, kept
 
 
@@ -305,24 +306,6 @@ def bits_per_dim(config, apply_fn, process, params, rng, mesh=None) -> dict:
 # --------------------------------------------------------------------------
 
 
-def _check_workdir_config(config, workdir: str) -> None:
-  """As `writers.check_config`, but the eval section may differ (it is not in config.json's run)."""
-  writers.check_wandb_config(config)
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"{workdir} has no config.json: train there first")
-  with open(path) as f:
-    old = json.load(f)
-  new = writers.redact(json.loads(config.to_json()))
-  changed = {k: v for k, v in writers.config_changes(old, new).items()
-             if not k.startswith("eval.") and not any(
-                 k.startswith(p) if p.endswith(".") else k == p for p in writers.RESUMABLE_KEYS)}
-  if changed and not config.allow_config_change:
-    lines = "\n".join(f"  {k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-    raise ValueError(f"the config differs from {path} in keys that change what was trained:\n"
-                     f"{lines}\npass --config.allow_config_change=True to evaluate anyway")
-
-
 def _same_on_all_processes(flag: bool, path: str) -> bool:
   """`flag` ("`path` holds a finished result"), checked to be the same on every
   process: they must all skip a step or all run it (it has collectives)."""
@@ -335,13 +318,6 @@ def _same_on_all_processes(flag: bool, path: str) -> bool:
         f"{path} exists for processes {np.flatnonzero(flags).tolist()} only: every process "
         "must see the same workdir (a shared filesystem)")
   return flag
-
-
-def _write_json(path: str, obj) -> None:
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2)
-  os.replace(tmp, path)  # A killed eval never leaves half a file.
 
 
 def _fmt(v, scale=1.0, digits=2):
@@ -397,13 +373,13 @@ def evaluate(config, workdir: str) -> dict:
                      f"statistics' read batch) is not divisible by the "
                      f"{jax.process_count()} processes")
   extract = make_extractor(e)
-  _check_workdir_config(config, workdir)
+  resume.check_config(config, workdir, write=False, mode="eval")
 
   model = experiment.build_model(config)
   process = experiment.noise_process(config)
   create_fn, _ = experiment.state_fns(config, model)
   state_key, sample_key = experiment.keys(config)
-  with checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), None) as ckpt:
+  with checkpoint.Checkpointer(Workdir(workdir).checkpoints_dir, None) as ckpt:
     step = config.sample.checkpoint_step
     step = ckpt.latest_step() if step is None else step
     if step is None:
@@ -413,75 +389,69 @@ def evaluate(config, workdir: str) -> dict:
   apply_fn = experiment.make_apply_fn(model, config, process)
   params = state.ema_params
   main = jax.process_index() == 0
-  out_dir = os.path.join(workdir, "eval")
-  rounds_dir = os.path.join(out_dir, "rounds")
-  os.makedirs(rounds_dir, exist_ok=True)
+  wd = Workdir(workdir)
+  wd.rounds_dir.mkdir(parents=True, exist_ok=True)
   ident = {"step": int(step), "num_samples": e.num_samples, "features": _extractor_id(e)}
 
   ref, ref_kept = None, None
   rounds = []
   baseline = (f"data:{e.baseline_split}",) if e.baseline_split else ()
   for spec in baseline + specs:
-    path = os.path.join(rounds_dir, spec_filename(spec) + ".json")
-    row = None
-    if os.path.exists(path):
-      with open(path) as f:
-        row = json.load(f)
+    path = wd.round_file(spec_filename(spec))
+    row = read_json(path) if path.exists() else None
     done = _same_on_all_processes(
         row is not None and all(row.get(k) == v for k, v in ident.items()), path)
     if done:
-      writers.echo(f"eval: skipping {spec} (done: {path})")
+      console.echo(f"eval: skipping {spec} (done: {path})")
       rounds.append(row)
       continue
     if row is not None:
-      writers.echo(f"eval: recomputing {spec}: {path} is of another step, N or extractor")
+      console.echo(f"eval: recomputing {spec}: {path} is of another step, N or extractor")
     if ref is None:
       ref, ref_kept = reference_stats(config, workdir, extract)
     if spec in baseline:
-      writers.echo(f"eval: scoring {e.num_samples} {e.baseline_split} images (the data row)")
+      console.echo(f"eval: scoring {e.num_samples} {e.baseline_split} images (the data row)")
       row, stats = data_round(config, extract, ref, ref_kept, mesh)
     else:
-      writers.echo(f"eval: sampling {e.num_samples} images with {spec}")
+      console.echo(f"eval: sampling {e.num_samples} images with {spec}")
       row, stats = run_round(config, spec, apply_fn, process, params, sample_key, extract,
                              ref, ref_kept, mesh)
     row.update(ident)
     if main:
-      np.savez(path[:-len(".json")] + "_stats.npz", **stats.to_arrays())
-      _write_json(path, row)
-    writers.echo(f"eval: {spec}: FID {row['fid']:.4f}, KID {row['kid']:.5f}, "
+      save_npz(wd.round_stats(spec_filename(spec)), **stats.to_arrays())
+      write_json(path, row, indent=2)
+    console.echo(f"eval: {spec}: FID {row['fid']:.4f}, KID {row['kid']:.5f}, "
                  f"IS {row['inception_score']:.3f}, {row['time_s']:.2f}s")
     rounds.append(row)
 
   bpd = None
   if e.bpd:
-    bpd_path = os.path.join(out_dir, "bpd.json")
-    if os.path.exists(bpd_path):
-      with open(bpd_path) as f:
-        bpd = json.load(f)
+    bpd_path = wd.bpd_file
+    if bpd_path.exists():
+      bpd = read_json(bpd_path)
     done = _same_on_all_processes(
         bool(bpd) and bpd.get("step") == step and bpd.get("num_images") == e.bpd_num, bpd_path)
     if not done:
-      writers.echo(f"eval: bits/dim on {e.bpd_num} {e.bpd_split} images")
+      console.echo(f"eval: bits/dim on {e.bpd_num} {e.bpd_split} images")
       bpd = {**bits_per_dim(config, apply_fn, process, params,
                             jax.random.fold_in(sample_key, 0x62706400), mesh),
              "step": int(step)}
       if main:
-        _write_json(bpd_path, bpd)
+        write_json(bpd_path, bpd, indent=2)
     else:
-      writers.echo(f"eval: skipping bits/dim (done: {bpd_path})")
+      console.echo(f"eval: skipping bits/dim (done: {bpd_path})")
 
   results = {"step": int(step), "features": e.features, "extractor": _extractor_id(e),
              "num_samples": e.num_samples, "rounds": rounds, "bpd": bpd}
   if main:
-    _write_json(os.path.join(out_dir, "results.json"), results)
-    with open(os.path.join(out_dir, "results.md"), "w") as f:
-      f.write(results_markdown(results))
-    hook = writers.WandbHook(config, enabled=True, workdir=workdir)
+    write_json(wd.results("json"), results, indent=2)
+    wd.results("md").write_text(results_markdown(results))
+    hook = sinks.WandbHook(config, enabled=True, workdir=workdir)
     row = {f"eval/{spec_filename(r['spec'])}/{k}": r[k] for r in rounds
            for k in ("fid", "kid", "inception_score", "time_s", "nfe")}
     if bpd:
       row["eval/bits_per_dim"] = bpd["bits_per_dim"]
     hook.log(int(step), row)
     hook.close()
-  writers.echo(f"eval: wrote {os.path.join(out_dir, 'results.md')}")
+  console.echo(f"eval: wrote {wd.results('md')}")
   return results

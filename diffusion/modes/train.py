@@ -5,7 +5,7 @@ as ``workdir/config.json``, build data, model and state (`experiment`), resume
 from the latest checkpoint, compile the step, then loop: log every
 ``log_every`` steps to ``metrics.jsonl``, checkpoint every ``ckpt_every`` (and
 at the end), sample a grid with the EMA parameters every ``sample_every`` (and
-at the end) to ``workdir/samples/step_XXXXXX.png`` (`sampling`).
+at the end) to ``workdir/samples/step_XXXXXX.png`` (`sample.fn`).
 
 Several processes (multi-host, `parallel.initialize_distributed`): every
 process runs this same loop on its slice of each global batch; the state is
@@ -22,7 +22,6 @@ Workdir layout::
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import threading
 import time
@@ -34,9 +33,12 @@ from diffusion import experiment
 from diffusion.run import checkpoint
 from diffusion.data import iterator as data
 from diffusion.dist import parallel
-from diffusion.sample import fn as sampling
+from diffusion.sample.fn import make_sample_fn
 from diffusion.viz import images as visualize
-from diffusion.run import writers
+from diffusion.run import console
+from diffusion.run import resume
+from diffusion.run import sinks
+from diffusion.run.workdir import Workdir
 from diffusion.train import state as ts
 
 
@@ -129,20 +131,15 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
     parallel.NonFiniteError: a step had a non-finite loss or gradient norm;
       training stopped, the checkpoints on disk are those of earlier steps.
   """
-  experiment.validate_config(config)
-  writers.check_config(config, workdir, write=True)
+  exp = experiment.build(config)  # Validates the config first.
+  resume.check_config(config, workdir, write=True)
   tc = config.train
   k = tc.steps_per_call
 
   it = data.create(config.data, seed=config.seed, process_index=jax.process_index(),
                    process_count=jax.process_count())
-  model = experiment.build_model(config)
-  process = experiment.noise_process(config)
-  apply_fn = experiment.make_apply_fn(model, config, process)
-  create_fn, tx = experiment.state_fns(config, model)
-  state_key, sample_key = experiment.keys(config)
-  abstract = experiment.abstract_state(create_fn, state_key)
-  writers.echo(f"model {config.model.name}: "
+  abstract = exp.abstract_state()
+  console.echo(f"model {config.model.name}: "
                f"{sum(p.size for p in jax.tree.leaves(abstract.params)):,} parameters")
 
   # The mesh spans every device of every process (`parallel.make_mesh`). In
@@ -151,11 +148,11 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
   mesh = parallel.make_mesh()
   target = abstract
   if tc.parallel == "jit":
-    target = experiment.abstract_state(create_fn, state_key, parallel.replicated(mesh))
-  ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), tc.keep_checkpoints)
+    target = exp.abstract_state(parallel.replicated(mesh))
+  ckpt = checkpoint.Checkpointer(Workdir(workdir).checkpoints_dir, tc.keep_checkpoints)
   start = ckpt.latest_step()
   if start is None:
-    state = experiment.init_state(create_fn, state_key)
+    state = exp.init_state()
   else:
     state, data_state = ckpt.restore(start, target)
     it.set_state(data_state)
@@ -164,21 +161,20 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
                        f"config.train.steps_per_call={k}")
   step = int(parallel.to_host(state.step))
   if step >= tc.num_steps:
-    writers.echo(f"nothing to do: checkpoint step {step} >= train.num_steps={tc.num_steps}")
+    console.echo(f"nothing to do: checkpoint step {step} >= train.num_steps={tc.num_steps}")
     ckpt.close()
     return state
 
   compiled = parallel.compile_step(
-      parallel.make_train_step(experiment.make_loss_fn(config, apply_fn, process), tx, config),
+      parallel.make_train_step(exp.loss_fn, exp.tx, config),
       tc.parallel, mesh, steps_per_call=k)
   # jit mode: each grid is split over all devices (where they divide it).
-  sample_fn = sampling.make_sample_fn(config, apply_fn, process,
-                                      mesh=mesh if tc.parallel == "jit" else None)
+  sample_fn = make_sample_fn(exp, mesh=mesh if tc.parallel == "jit" else None)
   state = compiled.replicate(state)
-  writer = writers.MetricWriter(workdir, config, start_step=step)
-  bar = writers.ProgressBar(step, tc.num_steps)
-  os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-  writers.echo(f"training from step {step} to {tc.num_steps} in {workdir}")
+  writer = sinks.MetricWriter(workdir, config, start_step=step)
+  bar = console.ProgressBar(step, tc.num_steps)
+  Workdir(workdir).samples_dir.mkdir(parents=True, exist_ok=True)
+  console.echo(f"training from step {step} to {tc.num_steps} in {workdir}")
 
   pending, logged, t_log, steps_log, compiling = [], {}, time.time(), step, True
   try:
@@ -192,7 +188,7 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
         if compiling:  # The first call compiled the step: time the rest.
           compiling = False
           jax.block_until_ready(metrics)
-          writers.echo(f"compiled and ran the first train step in {time.time() - t_log:.1f}s")
+          console.echo(f"compiled and ran the first train step in {time.time() - t_log:.1f}s")
           t_log, steps_log = time.time(), step
         last = step == tc.num_steps
         log, save = _every(step, tc.log_every) or last, _every(step, tc.ckpt_every) or last
@@ -218,23 +214,23 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
         if save:
           ckpt.save(step, compiled.unreplicate(state), it.get_state())
         if grid:
-          t0, path = time.time(), os.path.join(workdir, "samples", f"step_{step:06d}.png")
-          _save_grid(path, sample_fn(compiled.unreplicate(state).ema_params, sample_key))
+          t0, path = time.time(), Workdir(workdir).sample_grid(step)
+          _save_grid(path, sample_fn(compiled.unreplicate(state).ema_params, exp.sample_key))
           writer.write_image(step, "samples", path)
-          writers.echo(f"step {step}: wrote {path} ({time.time() - t0:.1f}s)")
+          console.echo(f"step {step}: wrote {path} ({time.time() - t0:.1f}s)")
           t_log += time.time() - t0  # steps_per_sec counts training time only.
         if preempted:
           ckpt.wait_until_finished()
           # With several processes, only some may have received the signal.
           reason = stop.get("signal", "another process's stop signal")
-          writers.echo(f"{reason}: stopped at step {step} of {tc.num_steps} and saved "
+          console.echo(f"{reason}: stopped at step {step} of {tc.num_steps} and saved "
                        f"its checkpoint in {ckpt.directory}; run the same command to resume.")
           break
   except parallel.NonFiniteError as e:
     ckpt.wait_until_finished()
     message = (f"training stopped: {e}. The last good checkpoint is step "
                f"{ckpt.latest_step()} in {ckpt.directory}.")
-    writers.echo(message)
+    console.echo(message)
     raise parallel.NonFiniteError(e.step, e.metric, message) from e
   finally:
     bar.close()

@@ -5,15 +5,19 @@ pytree, Orbax StandardSave) and ``data`` (the data iterator's JSON state), so a
 resumed run continues with the same parameters, optimizer, EMA, rng *and*
 batches. Saves are asynchronous: `save` returns once the arrays are copied off
 the devices; call `wait_until_finished` (or `close`) before reading the files.
-All processes must call `save` and `restore` (Orbax coordinates them).
+All processes must call `save` and `restore` (Orbax coordinates them). The
+directory is an `etils.epath.Path`: a ``gs://`` one works as Orbax's does.
 """
 from __future__ import annotations
 
 import os
 from typing import Any
 
+from etils import epath
 import jax
 import orbax.checkpoint as ocp
+
+from diffusion.run.workdir import is_local
 
 PyTree = Any
 
@@ -22,12 +26,14 @@ class Checkpointer:
   """Saves and restores ``(state, data_state)`` under `directory`.
 
   Args:
-    directory: where the step directories go (created if missing).
+    directory: where the step directories go (created if missing): a str,
+      os.PathLike or epath.Path (``gs://...`` too); a local one is made absolute.
     max_to_keep: the number of most recent checkpoints kept; None keeps all.
   """
 
-  def __init__(self, directory: str, max_to_keep: int | None = 3):
-    self.directory = os.path.abspath(directory)
+  def __init__(self, directory, max_to_keep: int | None = 3):
+    local = is_local(directory)
+    self.directory = epath.Path(os.path.abspath(directory) if local else directory)
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),

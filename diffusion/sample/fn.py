@@ -1,25 +1,14 @@
-"""Sampling from a model built by `experiment`: the jitted sample function used
-during training and `--mode sample` on a trained workdir.
+"""The jitted sample function of an experiment record: used by the training grid,
+`--mode sample` (`modes.sample`) and `--mode eval` (`modes.eval`).
 """
 from __future__ import annotations
 
-import os
-import time
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from diffusion import experiment
-from diffusion.run import checkpoint
 from diffusion.dist import parallel
-from diffusion.core import parameterization
-from diffusion.core import samplers
-from diffusion.core import sdes
-from diffusion.viz import images as visualize
-from diffusion.run import writers
 
 
 def batch_sharding(mesh, num_samples: int):

@@ -20,7 +20,6 @@ no ``--config.a.b=v`` overrides.
 from __future__ import annotations
 
 import argparse
-import glob
 import importlib.util
 import os
 import re
@@ -31,6 +30,7 @@ import numpy as np
 
 from diffusion.data import iterator as data
 from diffusion.core import schedules
+from diffusion.run.workdir import Workdir
 from diffusion.viz import images as visualize
 
 
@@ -53,9 +53,9 @@ def load_config(spec: str):
 
 def latest_samples(workdir: str) -> str:
   """The ``samples/final_<step>.npz`` of `workdir` with the largest step."""
-  paths = glob.glob(os.path.join(workdir, "samples", "final_*.npz"))
-  steps = {p: int(m.group(1)) for p in paths
-           if (m := re.fullmatch(r"final_(\d+)\.npz", os.path.basename(p)))}
+  paths = Workdir(workdir).samples_dir.glob("final_*.npz")
+  steps = {str(p): int(m.group(1)) for p in paths
+           if (m := re.fullmatch(r"final_(\d+)\.npz", p.name))}
   if not steps:
     raise FileNotFoundError(
         f"no samples/final_*.npz in {workdir}: run `python -m diffusion.main --config ... "

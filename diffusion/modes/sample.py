@@ -1,0 +1,77 @@
+"""`--mode sample`: N samples, a grid and the reverse process from a trained workdir."""
+from __future__ import annotations
+
+import time
+
+import jax
+import numpy as np
+
+from diffusion import experiment
+from diffusion.dist import parallel
+from diffusion.run import checkpoint, console, resume
+from diffusion.run.workdir import Workdir, save_npz
+from diffusion.sample.fn import make_sample_fn
+from diffusion.viz import images as visualize
+
+
+def sample(config, workdir: str) -> str:
+  """Samples with the EMA params of a checkpoint of `workdir` (--mode sample).
+
+  Uses ``config.sample.checkpoint_step`` (None: the latest) and any sampler of
+  `config.sample` that can run on the model (`core.processes.on_domain`: a
+  discrete linear-schedule model also takes the continuous ones). Writes, under
+  ``samples/``:
+
+  - ``final_XXXXXX.npz``: key "images", float32 ``[N, H, W, C]`` clipped to
+    [-1, 1], ``N = sample.num_samples``, drawn in calls of ``sample.batch_size``;
+  - ``final_XXXXXX.png``: a grid of the first ``G = min(N, sample.grid_size)``;
+  - ``final_XXXXXX.gif``: the reverse process of those G images, from noise
+    to the grid, in ``<= sample.gif_frames`` frames.
+
+  The first G images come from one sampler call with the trajectory, key
+  ``fold_in(sample_key, 0)``; the rest from calls ``c = 1, 2, ...`` with keys
+  ``fold_in(sample_key, c)`` (the last one padded to the batch size and cut):
+  deterministic given the seed, the checkpoint and config.sample.
+
+  Returns:
+    The PNG path.
+  """
+  exp = experiment.build(config)
+  s = config.sample
+  record, options, _ = exp.sampler()
+  if not record.traceable(options):
+    raise ValueError(f"--mode sample writes a reverse-process GIF, which needs a trajectory; "
+                     f"sample.method={s.method!r} with these options has none (e.g. "
+                     "sample.ode_method='rk45'): use 'euler' or 'heun'")
+  resume.check_config(config, workdir, write=False, mode="sample")
+  # The params are replicated on every device of every process (several
+  # processes restore collectively into global arrays); each sampler call is
+  # split over all devices where they divide its batch, and process 0 writes.
+  mesh = parallel.make_mesh()
+  with checkpoint.Checkpointer(Workdir(workdir).checkpoints_dir, None) as ckpt:
+    params, step = experiment.restore_ema_params(exp, ckpt, s.checkpoint_step, mesh)
+  n, grid_n = s.num_samples, min(s.num_samples, s.grid_size)
+  batch = min(s.batch_size, n - grid_n) if n > grid_n else 0
+
+  t0 = time.time()
+  traj_fn = make_sample_fn(exp, num_samples=grid_n, return_trajectory=True, mesh=mesh)
+  first, traj = traj_fn(params, jax.random.fold_in(exp.sample_key, 0))
+  first, traj_x = parallel.to_host(first), parallel.to_host(traj["x"])
+  chunks = [first]
+  if batch:
+    chunk_fn = make_sample_fn(exp, num_samples=batch, mesh=mesh)
+    calls = -(-(n - grid_n) // batch)
+    for c in console.progress(range(1, 1 + calls), "sample", unit="call"):
+      chunks.append(parallel.to_host(chunk_fn(params, jax.random.fold_in(exp.sample_key, c))))
+  images = np.clip(np.concatenate(chunks)[:n], -1.0, 1.0).astype(np.float32)
+
+  out = {ext: Workdir(workdir).final_samples(step, ext) for ext in ("png", "npz", "gif")}
+  if jax.process_index() == 0:
+    visualize.save_png(out["png"], visualize.image_grid(images[:grid_n]))
+    save_npz(out["npz"], images=images)
+    visualize.save_gif(out["gif"], visualize.reverse_process_frames(
+        traj_x, first, s.gif_frames))
+  console.echo(f"wrote {n} samples to {out['npz']}, a grid of {grid_n} to {out['png']} and its "
+               f"reverse process to {out['gif']} ({s.method}, EMA params of step {step}, "
+               f"{time.time() - t0:.1f}s)")
+  return str(out["png"])

@@ -1,0 +1,77 @@
+"""The resume policy: when a config may run in a workdir that has a config.json.
+
+Every mode compares its config with ``workdir/config.json`` through
+`check_config`: ``--mode train`` to resume (and then saves its config there),
+``--mode sample`` and ``--mode eval`` to read a trained run. Keys in
+`RESUMABLE_KEYS` may differ (they change how long or how verbosely a run
+trains, or how it samples and is evaluated, not what it trains); any other
+difference is refused unless ``config.allow_config_change``.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from diffusion.run import sinks
+from diffusion.run.redact import flatten, redacted_config
+from diffusion.run.workdir import Workdir, read_json, write_json
+
+# Keys that may differ from the workdir's config.json without
+# --config.allow_config_change. A trailing "." is a prefix.
+RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.ckpt_every",
+                  "train.sample_every", "train.keep_checkpoints", "sample.", "eval.", "wandb.",
+                  "allow_config_change")
+# What each mode does anyway with --config.allow_config_change=True. "train"
+# may start a new workdir; the others read a trained one.
+MODES = (("train", "resume"), ("sample", "sample"), ("eval", "evaluate"))
+
+
+def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
+  """``{dotted key: (old value, new value)}`` for every key that differs."""
+  old, new = flatten(old), flatten(new)
+  missing = object()
+  return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+          if old.get(k, missing) != new.get(k, missing)}
+
+
+def _resumable(key: str) -> bool:
+  return any(key.startswith(p) if p.endswith(".") else key == p for p in RESUMABLE_KEYS)
+
+
+def check_config(config, workdir, write: bool, mode: str = "train") -> None:
+  """Refuses a config that differs from ``workdir/config.json`` in a training key.
+
+  Args:
+    config: the full config of this run.
+    workdir: the workdir (str, os.PathLike or epath.Path; gs:// too).
+    write: process 0 then (over)writes config.json with `config` (`redact.redacted_config`,
+      atomically); only ``--mode train`` passes True.
+    mode: one of `MODES`: "train" (config.json may be missing: a new run),
+      "sample" or "eval" (FileNotFoundError without config.json).
+
+  Keys in `RESUMABLE_KEYS` (``eval.`` among them) may differ; any other
+  difference raises ValueError naming the keys and both values unless
+  ``config.allow_config_change``. Checks ``config.wandb`` first
+  (`sinks.check_wandb_config`).
+  """
+  verbs = dict(MODES)
+  if mode not in verbs:
+    raise ValueError(f"mode={mode!r} is unknown; valid: {', '.join(verbs)}")
+  sinks.check_wandb_config(config)
+  wd = Workdir(workdir)
+  path = wd.config_file
+  new = redacted_config(config)
+  if path.exists():
+    changed = {k: v for k, v in config_changes(read_json(path), new).items()
+               if not _resumable(k)}
+    if changed and not config.allow_config_change:
+      lines = "\n".join(f"  {k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+      raise ValueError(
+          f"the config differs from {path} in keys that change what is trained:\n{lines}\n"
+          f"{'use a new --workdir, or ' if mode == 'train' else ''}"
+          f"pass --config.allow_config_change=True to {verbs[mode]} anyway")
+  elif mode != "train":
+    raise FileNotFoundError(f"{wd.path} has no config.json: train there first")
+  if write and jax.process_index() == 0:
+    write_json(path, new, indent=2, sort_keys=True)
