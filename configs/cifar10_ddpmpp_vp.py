@@ -17,6 +17,8 @@ through Stochastic Differential Equations" (ICLR), Appendix C/H, and their
 - sampling: PC with the reverse-diffusion predictor + Langevin corrector,
   snr 0.16, 1000 steps, final time 1e-3 (the paper's PC1000; the released
   config file samples with `:predictor=euler_maruyama,corrector=none`).
+All but the SDE, the embedding's time scale and the final sampling time are
+shared with `cifar10_ncsnpp_ve.py`: `families.score_sde_cifar10`.
 
 Not representable by this UNet (so the parameter count differs from the
 paper's ~62M): FIR resampling kernels, `init_scale=0` (zero-init of the last
@@ -26,57 +28,15 @@ convs), NCSN++'s progressive input/output paths. score_sde's VP data are
 Variants: `cifar10_ddpmpp_vp.py:key=value,...` with the keys of
 `default.VARIANT_KEYS`.
 """
-from configs import cifar10_ddpm, default
+from configs import default
+from configs import families
 
 
-def score_sde_cifar10(config):
-  """The settings shared by the DDPM++ (VP) and NCSN++ (VE) CIFAR-10 configs."""
-  cifar10_ddpm.cifar10_data(config.data)
-
-  config.model.ch = 128
-  config.model.channel_mult = (1, 2, 2, 2)
-  config.model.num_res_blocks = 4
-  config.model.attention_resolutions = (16,)
-  config.model.num_heads = 1
-  config.model.dropout = 0.1
-  config.model.resblock_updown = True
-  config.model.resamp_with_conv = True
-  config.model.scale_shift_norm = False
-  config.model.skip_rescale = True
-  config.model.fourier_scale = 16.0
-
-  config.diffusion.type = "continuous"
-  config.diffusion.prediction = "eps"
-  config.diffusion.weighting = "sigma2"  # likelihood_weighting = False.
-  config.diffusion.eps = 1e-5
-
-  config.optim.optimizer = "adam"
-  config.optim.lr = 2e-4
-  config.optim.warmup_steps = 5000
-  config.optim.grad_clip = 1.0
-
-  config.train.num_steps = 1_300_000
-  config.train.log_every = 100
-  config.train.ckpt_every = 10_000
-  config.train.sample_every = 50_000
-
-  config.sample.method = "predictor_corrector"
-  config.sample.predictor = "reverse_diffusion"
-  config.sample.corrector = "langevin"
-  config.sample.snr = 0.16
-  config.sample.corrector_steps = 1
-  config.sample.num_steps = 1000
-  config.sample.num_samples = 64
-  return config
+def layers():
+  """`families.score_sde_cifar10`, then the VP SDE with a positional embedding of 999 t."""
+  return families.stack(families.score_sde_cifar10(), dict(
+      model=dict(time_scale=999.0), diffusion=dict(sde="vp"), sample=dict(eps=1e-3)))
 
 
 def get_config(arg=None):
-  config = score_sde_cifar10(default.get_config())
-  config.model.embedding = "sinusoidal"
-  config.model.time_scale = 999.0
-  config.diffusion.sde = "vp"
-  config.diffusion.beta_min = 0.1
-  config.diffusion.beta_max = 20.0
-  config.ema.decay = 0.9999
-  config.sample.eps = 1e-3
-  return default.apply_variant(config, arg, source="cifar10_ddpmpp_vp.py")
+  return default.apply_variant(families.resolve(layers()), arg, source="cifar10_ddpmpp_vp.py")

@@ -1,10 +1,12 @@
 """Every configuration key, with its default and meaning.
 
 Experiment files (`configs/digits_ddpm.py`, `configs/smoke.py`, ...) start from
-`get_config()`, change what they need and return the config. It comes back
-locked (and `diffusion.main` locks again), so a typo'd key in an experiment
-file or in a `--config.a.b=value` override fails instead of being ignored;
-values can still be changed. `diffusion.train.validate_config` checks them.
+`get_config()` with the layers of their families (`configs/families.py`: the
+settings of DDPM, score SDE, the 28x28 and 8x8 data, ...) and their own on top,
+each stating only what differs. The config comes back locked (and
+`diffusion.main` locks again), so a typo'd key in an experiment file or in a
+`--config.a.b=value` override fails instead of being ignored; values can
+still be changed. `diffusion.experiment.validate_config` checks them.
 
 Keys whose default is "unset" are `config_dict.placeholder(type)`: None until
 given, typed so that command-line overrides still parse.

@@ -12,12 +12,14 @@ Variants: `fashion_mnist_ddpm.py:key=value,...` with the keys of
 `default.VARIANT_KEYS`.
 """
 from configs import default
-from configs import mnist_ddpm
+from configs import families
+
+
+def layers():
+  """`families.ddpm_28x28`, then TFDS "fashion_mnist"."""
+  return families.stack(families.ddpm_28x28(), dict(
+      data=dict(source="tfds", name="fashion_mnist", data_dir="")))  # data_dir: TFDS's default.
 
 
 def get_config(arg=None):
-  config = mnist_ddpm.ddpm_28x28(default.get_config())
-  config.data.source = "tfds"
-  config.data.name = "fashion_mnist"
-  config.data.data_dir = ""  # TFDS's default data directory.
-  return default.apply_variant(config, arg, source="fashion_mnist_ddpm.py")
+  return default.apply_variant(families.resolve(layers()), arg, source="fashion_mnist_ddpm.py")

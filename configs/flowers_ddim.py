@@ -20,46 +20,20 @@ Variants: `flowers_ddim.py:key=value,...` with the keys of
 `default.VARIANT_KEYS`, e.g. `:steps=50`, `:schedule=cosine`.
 """
 from configs import default
+from configs import families
+
+
+def layers():
+  """DDPM (`families.ddpm`), then the flowers data, the scaled UNet, the EMA, the run and DDIM."""
+  return families.stack(families.ddpm(), dict(
+      data=dict(source="tfds", name="oxford_flowers102", data_dir="", split="train",
+                image_size=64, channels=3, crop="center", random_flip=True, dequantize=False,
+                batch_size=64),
+      model=dict(ch=64, channel_mult=(1, 2, 3, 4)),
+      ema=dict(decay=0.999),
+      train=dict(num_steps=200_000, log_every=100, ckpt_every=10_000, sample_every=20_000),
+      sample=dict(method="ddim", num_steps=100, eta=0.0, num_samples=64)))
 
 
 def get_config(arg=None):
-  config = default.get_config()
-
-  config.data.source = "tfds"
-  config.data.name = "oxford_flowers102"
-  config.data.data_dir = ""
-  config.data.split = "train"
-  config.data.image_size = 64
-  config.data.channels = 3
-  config.data.crop = "center"
-  config.data.random_flip = True
-  config.data.dequantize = False
-  config.data.batch_size = 64
-
-  config.model.ch = 64
-  config.model.channel_mult = (1, 2, 3, 4)
-  config.model.num_res_blocks = 2
-  config.model.attention_resolutions = (16,)
-  config.model.num_heads = 1
-  config.model.dropout = 0.1
-
-  config.diffusion.type = "discrete"
-  config.diffusion.schedule = "linear"
-  config.diffusion.num_steps = 1000
-  config.diffusion.prediction = "eps"
-
-  config.optim.lr = 2e-4
-  config.optim.warmup_steps = 5000
-  config.optim.grad_clip = 1.0
-  config.ema.decay = 0.999
-
-  config.train.num_steps = 200_000
-  config.train.log_every = 100
-  config.train.ckpt_every = 10_000
-  config.train.sample_every = 20_000
-
-  config.sample.method = "ddim"
-  config.sample.num_steps = 100
-  config.sample.eta = 0.0
-  config.sample.num_samples = 64
-  return default.apply_variant(config, arg, source="flowers_ddim.py")
+  return default.apply_variant(families.resolve(layers()), arg, source="flowers_ddim.py")

@@ -26,52 +26,20 @@ Variants: `mnist_ddpm.py:key=value,...` with the keys of
 import os
 
 from configs import default
+from configs import families
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MNIST_DIR = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "mnist"))
 
 
-def ddpm_28x28(config):
-  """The shared 28x28x1 DDPM settings of mnist_ddpm.py and fashion_mnist_ddpm.py."""
-  config.data.image_size = 28
-  config.data.channels = 1
-  config.data.random_flip = False  # Digits / clothes are not mirror symmetric.
-  config.data.dequantize = False
-  config.data.batch_size = 128
-
-  config.model.ch = 64
-  config.model.channel_mult = (1, 2, 2)
-  config.model.num_res_blocks = 2
-  config.model.attention_resolutions = (14,)
-  config.model.num_heads = 1
-  config.model.dropout = 0.1
-
-  config.diffusion.type = "discrete"
-  config.diffusion.schedule = "linear"
-  config.diffusion.num_steps = 1000
-  config.diffusion.prediction = "eps"
-
-  config.optim.lr = 2e-4
-  config.optim.warmup_steps = 1000
-  config.optim.grad_clip = 1.0
-  config.ema.decay = 0.9995
-
-  config.train.num_steps = 40_000
-  config.train.log_every = 100
-  config.train.ckpt_every = 5000
-  config.train.sample_every = 10_000
-
-  config.sample.method = "ddpm"
-  config.sample.num_steps = 1000
-  config.sample.num_samples = 64
-  return config
+def layers():
+  """`families.ddpm_28x28`, then the MNIST idx files."""
+  return families.stack(families.ddpm_28x28(), dict(
+      data=dict(source="files", name="mnist", data_dir=MNIST_DIR)))
 
 
 def get_config(arg=None):
-  config = ddpm_28x28(default.get_config())
-  config.data.source = "files"
-  config.data.name = "mnist"
-  config.data.data_dir = MNIST_DIR
+  config = families.resolve(layers())
   default.apply_variant(config, arg, {**default.VARIANT_KEYS, "source": "data.source"},
                         source="mnist_ddpm.py")
   if config.data.source == "tfds":

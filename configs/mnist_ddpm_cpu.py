@@ -25,54 +25,34 @@ Variants: `mnist_ddpm_cpu.py:key=value,...` with the keys of
 `default.VARIANT_KEYS`.
 """
 from configs import default
+from configs import families
 from configs import mnist_ddpm
 
 
+def layers():
+  """`mnist_ddpm.py`'s layers and a short CPU run, then what is scaled down and the eval table."""
+  return families.stack(mnist_ddpm.layers(), families.short_cpu_run(), dict(
+      data=dict(batch_size=64),
+      model=dict(ch=32, num_res_blocks=1, attention_resolutions=(7,), dropout=0.0),
+      optim=dict(lr=1e-3, warmup_steps=200, decay_steps=3000),
+      train=dict(num_steps=3000, sample_every=3000),
+      # --mode eval: the README's table. The DDIM paper's rows (DDIM 10/20/50/100
+      # steps at eta 0 and 1, DDPM 1000), Euler-Maruyama on the VP SDE of these
+      # betas at the same 1000 steps, the probability-flow ODE with 50 Heun steps
+      # (100 evaluations); N = 256 samples each (~2,500 network evaluations per
+      # sample over all rows at ~250 images/s: ~45 minutes on 2 cores), plus a
+      # row of 256 real test images (the floor of each metric at this N), scored
+      # by the project's classifier (`python -m diffusion.classify`), and bits/dim
+      # (DDPM's bound, 1000 terms per image) on 64 test images.
+      eval=dict(
+          samplers=(
+              "ddim:steps=10,eta=0", "ddim:steps=20,eta=0", "ddim:steps=50,eta=0",
+              "ddim:steps=100,eta=0", "ddim:steps=10,eta=1", "ddim:steps=20,eta=1",
+              "ddim:steps=50,eta=1", "ddim:steps=100,eta=1",
+              "probability_flow:steps=50,ode_method=heun", "euler_maruyama:steps=1000", "ddpm"),
+          num_samples=256, batch_size=256, features="classifier", baseline_split="test",
+          bpd_num=64)))
+
+
 def get_config(arg=None):
-  config = mnist_ddpm.get_config()
-  config.data.batch_size = 64
-
-  config.model.ch = 32
-  config.model.num_res_blocks = 1
-  config.model.attention_resolutions = (7,)
-  config.model.dropout = 0.0
-
-  config.optim.lr = 1e-3
-  config.optim.warmup_steps = 200
-  config.optim.schedule = "cosine"
-  config.optim.decay_steps = 3000
-  config.optim.end_lr = 1e-4
-  config.ema.decay = 0.999
-  config.ema.warmup = True
-  config.ema.power = 0.75
-
-  config.train.num_steps = 3000
-  config.train.log_every = 50
-  config.train.ckpt_every = 500
-  config.train.sample_every = 3000
-  config.train.keep_checkpoints = 2
-
-  config.sample.method = "ddim"
-  config.sample.num_steps = 100
-  config.sample.eta = 0.0
-  config.sample.num_samples = 64
-
-  # --mode eval: the README's table. The DDIM paper's rows (DDIM 10/20/50/100
-  # steps at eta 0 and 1, DDPM 1000), Euler-Maruyama on the VP SDE of these
-  # betas at the same 1000 steps, the probability-flow ODE with 50 Heun steps
-  # (100 evaluations); N = 256 samples each (~2,500 network evaluations per
-  # sample over all rows at ~250 images/s: ~45 minutes on 2 cores), plus a
-  # row of 256 real test images (the floor of each metric at this N), scored
-  # by the project's classifier (`python -m diffusion.classify`), and bits/dim
-  # (DDPM's bound, 1000 terms per image) on 64 test images.
-  config.eval.samplers = (
-      "ddim:steps=10,eta=0", "ddim:steps=20,eta=0", "ddim:steps=50,eta=0",
-      "ddim:steps=100,eta=0", "ddim:steps=10,eta=1", "ddim:steps=20,eta=1",
-      "ddim:steps=50,eta=1", "ddim:steps=100,eta=1", "probability_flow:steps=50,ode_method=heun",
-      "euler_maruyama:steps=1000", "ddpm")
-  config.eval.num_samples = 256
-  config.eval.batch_size = 256
-  config.eval.features = "classifier"
-  config.eval.baseline_split = "test"
-  config.eval.bpd_num = 64
-  return default.apply_variant(config, arg, source="mnist_ddpm_cpu.py")
+  return default.apply_variant(families.resolve(layers()), arg, source="mnist_ddpm_cpu.py")

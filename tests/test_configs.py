@@ -1,6 +1,8 @@
 """Every experiment config loads, is locked, validates and builds its model;
 the variant syntax (`configs.default.apply_variant`) changes exactly the keys
-it names and rejects the rest with the list of valid keys."""
+it names and rejects the rest with the list of valid keys; the family layers
+(`configs.families`) set keys of default.py with their types, and each layer
+of an experiment states only what differs from the layers below it."""
 import importlib
 import os
 import pathlib
@@ -11,13 +13,16 @@ import numpy as np
 import pytest
 
 from configs import default
+from configs import families
 from diffusion import experiment
 from diffusion.sample import specs as sampler_specs
 from diffusion.sample import fn as sampling
 from diffusion.core import sdes
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py") if p.stem != "__init__")
+# configs/families.py holds the layers the experiment files share (no get_config).
+CONFIGS = sorted(p.stem for p in (ROOT / "configs").glob("*.py")
+                 if p.stem not in ("__init__", "families"))
 
 # Parameters of each config's model (jax.eval_shape, no arrays made). DDPM's
 # CIFAR-10 UNet is the paper's "35.7M"; DDPM++ / NCSN++ here have 62.5M (the
@@ -201,3 +206,81 @@ def test_any_linear_discrete_model_takes_every_sampler():
     experiment.validate_config(_get("cifar10_ddpm", "schedule=cosine,sampler=probability_flow"))
   with pytest.raises(ValueError, match="discrete-time sampler.*euler_maruyama"):
     experiment.validate_config(_get("cifar10_ddpmpp_vp", "sampler=ddim"))
+
+
+def _stated(layer):
+  """{dotted key: value} of one layer."""
+  return {f"{section}.{key}": v for section, values in layer.items() for key, v in values.items()}
+
+
+def _changed(a, b):
+  flat_a, flat_b = _flat(a), _flat(b)
+  return {k for k in flat_a if flat_a[k] != flat_b[k]}
+
+
+FAMILIES = ("cifar10_data", "ddpm_unet", "ddpm_optimiser", "ddpm_process", "ddpm",
+            "score_sde_cifar10", "ddpm_28x28", "digits_8x8", "short_cpu_run")
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_family_sets_keys_of_default_with_their_types(name):
+  layers = getattr(families, name)()
+  assert isinstance(layers, tuple) and layers
+  base = default.get_config()
+  config = families.resolve(layers)  # apply() raises on a new key or another type.
+  stated = {}
+  for layer in layers:
+    stated.update(_stated(layer))
+  for key, value in stated.items():
+    section, leaf = key.split(".")
+    assert type(value) is base[section].get_type(leaf), key
+  # The family sets exactly the keys it states: the rest stay default.py's.
+  assert _changed(base, config) <= set(stated)
+  assert all(_flat(config)[k] == v for k, v in stated.items())
+
+
+@pytest.mark.parametrize("name", sorted(PARAMS))
+def test_each_layer_states_only_what_differs(name):
+  module = importlib.import_module(f"configs.{name}")
+  assert _flat(families.resolve(module.layers())) == _flat(_get(name))
+  seen = {}
+  for i, layer in enumerate(module.layers()):
+    for key, value in _stated(layer).items():
+      assert key not in seen or seen[key] != value, (
+          f"layer {i} of configs/{name}.py restates {key}={value!r} of a layer below it")
+      seen[key] = value
+
+
+def test_files_of_a_family_differ_exactly_in_what_they_state():
+  mnist, fashion = (importlib.import_module(f"configs.{n}")
+                    for n in ("mnist_ddpm", "fashion_mnist_ddpm"))
+  assert mnist.layers()[:-1] == fashion.layers()[:-1] == families.ddpm_28x28()
+  assert _changed(_get("mnist_ddpm"), _get("fashion_mnist_ddpm")) == {
+      "data.source", "data.name", "data.data_dir"}
+  vp, ve = (importlib.import_module(f"configs.{n}")
+            for n in ("cifar10_ddpmpp_vp", "cifar10_ncsnpp_ve"))
+  assert vp.layers()[:-1] == ve.layers()[:-1] == families.score_sde_cifar10()
+  assert _changed(_get("cifar10_ddpmpp_vp"), _get("cifar10_ncsnpp_ve")) == {
+      "model.embedding", "model.time_scale", "diffusion.sde", "ema.decay", "sample.eps"}
+  assert set(_stated(vp.layers()[-1])) | set(_stated(ve.layers()[-1])) == {
+      "model.embedding", "model.time_scale", "diffusion.sde", "ema.decay", "sample.eps"}
+  cpu = importlib.import_module("configs.mnist_ddpm_cpu")
+  assert cpu.layers()[:len(mnist.layers())] == mnist.layers()
+  assert _changed(_get("mnist_ddpm"), _get("mnist_ddpm_cpu")) <= set(
+      _stated(cpu.layers()[-1])) | set(_stated(families.short_cpu_run()[0]))
+
+
+def test_apply_rejects_unknown_keys_and_other_types():
+  config = default.get_config()
+  with pytest.raises(ValueError, match="layer section 'modle' is not a section.*valid: .*model"):
+    families.apply(config, {"modle": {"ch": 8}})
+  with pytest.raises(ValueError, match="layer key model.chh is not in configs/default.py"):
+    families.apply(config, {"model": {"chh": 8}})
+  with pytest.raises(ValueError, match="model.time_scale=999 is a int; .* is a float"):
+    families.apply(config, {"model": {"time_scale": 999}})
+  with pytest.raises(ValueError, match="channel_mult=\\[1, 2\\] is a list; .* is a tuple"):
+    families.apply(config, {"model": {"channel_mult": [1, 2]}})
+  assert families.apply(config, {"model": {"ch": 8}}) is config and config.model.ch == 8
+  assert families.stack(families.ddpm(), {"model": {"ch": 8}}) == (
+      *families.ddpm_unet(), *families.ddpm_optimiser(), *families.ddpm_process(),
+      {"model": {"ch": 8}})
