@@ -23,6 +23,8 @@ from typing import Mapping
 import ml_collections
 from ml_collections import config_dict
 
+from diffusion.core.samplers import registry
+
 # Short variant keys -> dotted config keys (the default `allowed` of apply_variant).
 VARIANT_KEYS = {
     "schedule": "diffusion.schedule",
@@ -225,37 +227,37 @@ def get_config(arg=None):
 
   # ---------------------------------------------------------------- sample
   config.sample = sample = ml_collections.ConfigDict()
-  # "ddpm" | "ddim" (discrete) | "euler_maruyama" | "predictor_corrector" |
-  # "probability_flow" (continuous).
+  # A sampler of diffusion.core.samplers.registry: "ddpm" | "ddim" (discrete
+  # steps) | "euler_maruyama" | "predictor_corrector" | "probability_flow"
+  # (continuous t; a discrete model with diffusion.schedule="linear" takes them
+  # too, via the VP SDE of its betas). Its options are the keys below, one per
+  # field of the samplers' options dataclasses (their docstrings say what each
+  # means): num_steps, eta, variance, clip_denoised, predictor, corrector, snr,
+  # corrector_steps, ode_method, eps. A sampler registered by your own module
+  # adds its own.
   sample.method = "ddpm"
-  sample.num_steps = 1000  # Sampler steps (ddpm always takes all T).
-  sample.eta = 0.0  # DDIM noise (0 = deterministic, 1 = DDPM-like).
-  sample.variance = "beta"  # DDPM: "beta" | "beta_tilde".
-  sample.predictor = "reverse_diffusion"  # PC: "euler_maruyama" | "reverse_diffusion" | "ancestral" | "none".
-  sample.corrector = "langevin"  # PC: "langevin" | "ald" | "none".
-  sample.snr = 0.16  # PC corrector signal-to-noise ratio.
-  sample.corrector_steps = 1  # PC corrector updates per step.
-  sample.ode_method = "heun"  # probability_flow: "euler" | "heun" | "rk45".
-  # Continuous samplers: final time. Discrete models with diffusion.schedule=
-  # "linear" also take the continuous samplers, via the VP SDE of their betas.
-  sample.eps = 1e-3
+  for key, value in registry.config_defaults().items():
+    sample[key] = value
   # Images per grid while training; --mode sample: the number N written to the
   # .npz (its first min(N, grid_size) form the PNG grid and the GIF).
   sample.num_samples = 64
   sample.batch_size = 64  # --mode sample: images per sampler call (chunks of N).
   sample.grid_size = 64  # --mode sample: images in the grid PNG / reverse-process GIF.
   sample.gif_frames = 50  # --mode sample: GIF frames (subsampled from the sampler steps).
-  sample.clip_denoised = True  # Discrete: clip the x0 estimate to [-1, 1] each step.
   sample.checkpoint_step = config_dict.placeholder(int)  # --mode sample: None = latest.
 
   # ------------------------------------------------------------------ eval
-  # --mode eval (diffusion/eval_mode.py): FID / KID / IS per sampler, bits/dim.
+  # --mode eval (diffusion/modes/eval.py): FID / KID / IS per sampler, bits/dim.
   config.eval = ev = ml_collections.ConfigDict()
-  # Sampler specs "name[:key=value,...]", e.g. "ddpm", "ddim:steps=50,eta=0",
-  # "euler_maruyama:steps=1000", "probability_flow:steps=100,ode_method=heun",
-  # "predictor_corrector:steps=1000,corrector=langevin"; keys per sampler in
-  # sampler_specs.SPEC_KEYS, unspecified ones from config.sample. () = config.sample's sampler.
-  ev.samplers = ()
+  # The samplers to evaluate, as typed entries: config.eval.samplers.<name> =
+  # dict(method="ddim", num_steps=50, eta=0.0) (a method of the sampler registry
+  # and any of its options; unset options come from config.sample).
+  ev.samplers = ml_collections.ConfigDict()
+  # The same as spec strings "name[:key=value,...]" (command-line shorthand),
+  # e.g. "ddpm", "ddim:steps=50,eta=0", "probability_flow:steps=100,ode_method=heun";
+  # keys are the options' fields or the short steps / clip (diffusion/sample/specs.py).
+  # Both empty: the sampler of config.sample.
+  ev.specs = ()
   ev.num_samples = 50_000  # Samples per sampler (N).
   ev.batch_size = 500  # Images per sampler / feature-extractor / bits-per-dim call.
   ev.features = "inception"  # "inception" (FID Inception-v3) | "classifier" (diffusion.classify).

@@ -57,6 +57,8 @@ def apply(config: ml_collections.ConfigDict, layer: Layer) -> ml_collections.Con
         raise ValueError(f"layer key {section}.{key} is not in configs/default.py; "
                          f"valid keys of {section}: {', '.join(sorted(node))}")
       kind = node.get_type(key)
+      if kind is ml_collections.ConfigDict and isinstance(value, dict):
+        value = ml_collections.ConfigDict(value)  # A typed sub-dict (config.eval.samplers).
       if type(value) is not kind:
         raise ValueError(f"layer value {section}.{key}={value!r} is a {type(value).__name__}; "
                          f"configs/default.py's {section}.{key} is a {kind.__name__}")

@@ -45,7 +45,7 @@ def layers():
       # by the project's classifier (`python -m diffusion.classify`), and bits/dim
       # (DDPM's bound, 1000 terms per image) on 64 test images.
       eval=dict(
-          samplers=(
+          specs=(
               "ddim:steps=10,eta=0", "ddim:steps=20,eta=0", "ddim:steps=50,eta=0",
               "ddim:steps=100,eta=0", "ddim:steps=10,eta=1", "ddim:steps=20,eta=1",
               "ddim:steps=50,eta=1", "ddim:steps=100,eta=1",

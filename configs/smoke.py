@@ -18,7 +18,7 @@ def layers():
       train=dict(num_steps=6, log_every=2, ckpt_every=2, sample_every=6, keep_checkpoints=10),
       sample=dict(method="ddim", num_steps=4, num_samples=4, batch_size=4, grid_size=4),
       eval=dict(
-          samplers=("ddim:steps=4,eta=0", "ddim:steps=4,eta=1"), num_samples=20, batch_size=10,
+          specs=("ddim:steps=4,eta=0", "ddim:steps=4,eta=1"), num_samples=20, batch_size=10,
           features="classifier",  # tests/test_eval_mode.py sets classifier_path.
           reference_num=200, kept_features=200, kid_subsets=10, bpd_num=8)))
 

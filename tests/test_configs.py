@@ -77,8 +77,8 @@ def test_config_loads_locked_and_valid(name):
   with pytest.raises(AttributeError):
     config.no_such_section = 1
   experiment.validate_config(config)
-  for spec in config.eval.samplers:  # --mode eval's specs parse and fit the model.
-    assert sampler_specs.sampler_config(config, spec).sample.method == spec.split(":")[0]
+  for entry in sampler_specs.eval_samplers(config):  # --mode eval's samplers fit the model.
+    assert entry.config.sample.method == entry.method
   doc = importlib.import_module(f"configs.{name}").__doc__ or ""
   assert len(doc) > 200, f"configs/{name}.py needs a docstring citing its numbers"
 

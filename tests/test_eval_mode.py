@@ -215,12 +215,12 @@ def test_errors_come_before_any_compute(tmp_path):
   config.eval.features, config.eval.inception_weights = "inception", str(tmp_path / "x.npz")
   with pytest.raises(FileNotFoundError, match="config.eval.inception_weights"):
     eval_mode.evaluate(config, str(tmp_path / "w"))
-  config.eval.samplers = ("ddim:steps=4,etta=1",)
+  config.eval.specs = ("ddim:steps=4,etta=1",)
   with pytest.raises(ValueError, match="unknown key 'etta'"):
     eval_mode.evaluate(config, str(tmp_path / "w"))
   config.diffusion.type, config.diffusion.prediction = "continuous", "eps"
   config.diffusion.weighting = "sigma2"
-  config.eval.samplers = ("ddpm",)
+  config.eval.specs = ("ddpm",)
   with pytest.raises(ValueError, match="'ddpm' does not fit this model.*discrete-time sampler"):
     eval_mode.evaluate(config, str(tmp_path / "w"))
   assert not (tmp_path / "w").exists()

@@ -277,7 +277,7 @@ def test_eval_split_over_processes_equals_one_device(runs):
   a = json.loads((root / "mp" / "eval" / "results.json").read_text())
   b = json.loads((root / "mp_eval1" / "eval" / "results.json").read_text())
   assert [r["spec"] for r in a["rounds"]] == [r["spec"] for r in b["rounds"]] == list(
-      smoke.get_config().eval.samplers)
+      smoke.get_config().eval.specs)
   for ra, rb in zip(a["rounds"], b["rounds"]):
     assert ra["num_samples"] == rb["num_samples"] == 20
     for key in ("fid", "kid", "inception_score", "precision", "recall"):

@@ -5,8 +5,8 @@
         --config.eval.samplers="('ddpm', 'ddim:steps=50,eta=0', 'ddim:steps=10,eta=1')"
 
 On the EMA params of ``config.sample.checkpoint_step`` (None: the latest), for
-each spec of ``config.eval.samplers`` (`sampler_specs.parse_sampler_spec`; empty: the sampler
-of ``config.sample``) it draws ``eval.num_samples`` images in calls of
+each entry of ``config.eval.samplers`` and ``config.eval.specs`` (`sample.specs.eval_samplers`;
+both empty: the sampler of ``config.sample``) it draws ``eval.num_samples`` images in calls of
 ``eval.batch_size`` (chunk c with key ``fold_in(fold_in(sample_key,
 crc32(spec)), c)``: deterministic given the seed and the spec; the last chunk
 padded and cut), clips them to [-1, 1] and extracts features and logits
@@ -49,312 +49,23 @@ numbers logged to wandb when ``config.wandb.mode`` is on.
 """
 from __future__ import annotations
 
-import copy
-import os
-import time
-import zlib
-
-from etils import epath
 import jax
-import numpy as np
 
 from diffusion import experiment
-from diffusion.run import checkpoint
-from diffusion.eval import classifier as classify
 from diffusion.data import iterator as data
-from diffusion.core import likelihood
 from diffusion.dist import parallel
-from diffusion.core import parameterization
-from diffusion.sample import fn as sampling
-from diffusion.run import console
-from diffusion.run import resume
-from diffusion.run import sinks
-from diffusion.run.workdir import Workdir, load_npz, read_json, save_npz, write_json
-from diffusion.eval import metrics
-
-from diffusion.sample.specs import nfe, sampler_config, sampler_steps, spec_filename
-
-FEATURES = ("classifier", "inception")
+from diffusion.eval import cache, features, report, rounds
+from diffusion.eval.bpd import bits_per_dim
+from diffusion.run import checkpoint, console, resume
+from diffusion.run.workdir import Workdir, save_npz
+from diffusion.sample.specs import eval_samplers, spec_filename
 
 
-# --------------------------------------------------------------------------
-# Features.
-# --------------------------------------------------------------------------
-
-
-def make_extractor(e):
-  """``fn(images [N, H, W, C]) -> (features [N, D], logits [N, K])`` of ``eval.features``."""
-  if e.features not in FEATURES:
-    raise ValueError(f"config.eval.features={e.features!r} is unknown; valid: {', '.join(FEATURES)}")
-  if e.features == "classifier":
-    path = e.classifier_path
-    if not path or not os.path.exists(os.path.join(path, "classifier.json")):
-      raise FileNotFoundError(
-          f"config.eval.classifier_path={path!r} holds no classifier (classifier.json): train "
-          "one with diffusion.classify.train and save it with diffusion.classify.save(path, ...)")
-    model, params, _ = classify.load(path)
-    apply = jax.jit(lambda p, x: model.apply({"params": p}, x, method=type(model).features_and_logits))
-    return _padded_batches(lambda x: apply(params, x), e.batch_size)
-  path = e.inception_weights
-  if not path or not os.path.exists(path):
-    raise FileNotFoundError(
-        f"config.eval.inception_weights={path!r} does not exist: convert pytorch-fid's weights "
-        "with `python -m diffusion.models.inception --convert <pth> --out <npz>` "
-        "(see diffusion/models/inception.py)")
-  from diffusion.models import inception  # pylint: disable=g-import-not-at-top
-  return inception.feature_fn(inception.load_params(path), batch_size=e.batch_size)
-
-
-def _padded_batches(fn, batch_size: int):
-  """``fn`` on ``[N, ...]`` in zero-padded batches of `batch_size` (one compiled shape)."""
-  def run(images):
-    images = np.asarray(images, np.float32)
-    feats, logits = [], []
-    for start in range(0, images.shape[0], batch_size):
-      chunk = images[start:start + batch_size]
-      n = chunk.shape[0]
-      chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], np.float32)])
-      f, lg = jax.device_get(fn(chunk))
-      feats.append(np.asarray(f, np.float64)[:n])
-      logits.append(np.asarray(lg, np.float64)[:n])
-    return np.concatenate(feats), np.concatenate(logits)
-  return run
-
-
-def _extractor_id(e) -> str:
-  path = e.classifier_path if e.features == "classifier" else e.inception_weights
-  return f"{e.features}:{os.path.abspath(path)}"
-
-
-def reference_stats(config, workdir: str, extract):
-  """``(FeatureStats, kept features)`` of the reference split; cached (see module doc)."""
+def check(config):
+  """``(entries, mesh)``; ValueError naming the key for every bad eval setting,
+  before any long compute."""
   e = config.eval
-  path = (epath.Path(e.reference_stats) if e.reference_stats
-          else Workdir(workdir).reference_stats(e.features, e.reference_split))
-  if _same_on_all_processes(path.exists(), path):
-    arrays = load_npz(path)
-    if str(arrays["extractor"]) != _extractor_id(e):
-      raise ValueError(f"{path} holds statistics of {arrays['extractor']}, not of "
-                       f"{_extractor_id(e)}: delete it or set config.eval.reference_stats")
-    return metrics.FeatureStats.from_arrays(arrays), arrays["features"]
-  dc = copy.deepcopy(config.data)
-  dc.split, dc.dequantize, dc.random_flip = e.reference_split, False, False
-  # Each process reads its slice of every global batch and extracts its
-  # features; the gathered rows are the global batch in order.
-  it = data.create(dc, seed=config.seed, process_index=jax.process_index(),
-                   process_count=jax.process_count())
-  total = it.batches_per_epoch * dc.batch_size
-  n = min(e.reference_num, total) if e.reference_num > 0 else total
-  stats, kept, done = None, [], 0
-  while done < n:
-    feats, _ = extract(next(it)["image"])
-    feats = parallel.gather_rows(feats)[:n - done]
-    stats = (stats or metrics.FeatureStats(feats.shape[1])).update(feats)
-    kept.append(feats[:max(0, e.kept_features - done)])
-    done += len(feats)
-  kept = np.concatenate(kept)
-  if jax.process_index() == 0:
-    save_npz(path, **stats.to_arrays(), features=kept, extractor=_extractor_id(e))
-  console.echo(f"reference statistics of {n} {e.reference_split} images -> {path}")
-  return stats, kept
-
-
-def _batch(batch_size: int, n: int, mesh) -> int:
-  """Images per call for `n` images: ``min(batch_size, n)`` rounded up to a
-  multiple of the mesh's device count (`evaluate` checks batch_size is one)."""
-  k = 1 if mesh is None else mesh.devices.size
-  return -(-min(batch_size, n) // k) * k
-
-
-# --------------------------------------------------------------------------
-# One round: one sampler.
-# --------------------------------------------------------------------------
-
-
-def _score(config, local_chunks, n: int, bs: int, extract, ref, ref_kept) -> tuple[dict, object]:
-  """Metrics of `n` images that arrive as calls of `bs`: `local_chunks` yields
-  this process's rows of each call (all of it with one process); features are
-  extracted per process and gathered in order, the last call cut to `n`."""
-  e = config.eval
-  stats, kept, logits = None, [], []
-  for c, images in enumerate(local_chunks):
-    feats, lg = extract(np.clip(images, -1.0, 1.0))
-    feats = parallel.gather_rows(feats)[:n - c * bs]
-    lg = parallel.gather_rows(lg)[:n - c * bs]
-    stats = (stats or metrics.FeatureStats(feats.shape[1])).update(feats)
-    kept.append(feats[:max(0, e.kept_features - c * bs)])
-    logits.append(np.asarray(lg, np.float32))
-  kept, logits = np.concatenate(kept), np.concatenate(logits)
-  kid_mean, kid_std = metrics.kid(kept, ref_kept, num_subsets=e.kid_subsets,
-                                   subset_size=e.kid_subset_size, seed=config.seed)
-  is_mean, is_std = metrics.inception_score(logits, num_splits=min(e.is_splits, n))
-  k = min(len(kept), len(ref_kept))
-  precision, recall = metrics.precision_recall(ref_kept[:k], kept[:k]) if k > 3 else (None, None)
-  return {"num_samples": n, "fid": metrics.fid(stats, ref), "kid": kid_mean,
-          "kid_std": kid_std, "inception_score": is_mean, "inception_score_std": is_std,
-          "precision": precision, "recall": recall}, stats
-
-
-def run_round(config, spec, apply_fn, process, params, sample_key, extract, ref, ref_kept,
-              mesh=None):
-  """Samples ``eval.num_samples`` with `spec` and scores them; returns ``(row, stats)``.
-
-  With a `mesh` every sampler call is split over all its devices (`params`
-  replicated on it); each process extracts the features of its own rows and
-  the rows are gathered in order, so every process holds the same statistics.
-  """
-  e, cfg = config.eval, sampler_config(config, spec)
-  n, bs = e.num_samples, _batch(e.batch_size, e.num_samples, mesh)
-  key = jax.random.fold_in(sample_key, zlib.crc32(spec.encode()) & 0x7FFFFFFF)
-  fn = sampling.make_sample_fn(cfg, apply_fn, process, num_samples=bs, mesh=mesh)
-  t0 = time.perf_counter()
-  compiled = fn.lower(params, key).compile()
-  compile_s = time.perf_counter() - t0
-  parallel.barrier("eval_" + spec_filename(spec))  # All compiled before the first collective.
-  timing = {"sample_s": 0.0}
-
-  def chunks():
-    for c in range(-(-n // bs)):
-      t0 = time.perf_counter()
-      x = compiled(params, jax.random.fold_in(key, c)).block_until_ready()
-      timing["sample_s"] += time.perf_counter() - t0
-      yield parallel.local_rows(x)
-
-  scores, stats = _score(config, chunks(), n, bs, extract, ref, ref_kept)
-  s, sample_s = cfg.sample, timing["sample_s"]
-  row = {"spec": spec, "method": s.method, "steps": sampler_steps(cfg), "nfe": nfe(cfg),
-         "settings": {k2: s[k2] for k2 in sorted(s.keys()) if k2 not in
-                      ("num_samples", "batch_size", "grid_size", "gif_frames", "checkpoint_step")},
-         **scores, "time_s": sample_s, "compile_s": compile_s,
-         "samples_per_s": n / sample_s if sample_s > 0 else None}
-  return row, stats
-
-
-def data_round(config, extract, ref, ref_kept, mesh=None):
-  """The row of ``eval.num_samples`` real images of ``eval.baseline_split``
-  scored like samples: the floor of each metric at this N (FID is biased
-  upwards at small N; a model cannot be told from data below this row)."""
-  e = config.eval
-  n, bs = e.num_samples, _batch(e.batch_size, e.num_samples, mesh)
-  dc = copy.deepcopy(config.data)
-  dc.split, dc.dequantize, dc.random_flip, dc.batch_size = e.baseline_split, False, False, bs
-  it = data.create(dc, seed=config.seed + 2, process_index=jax.process_index(),
-                   process_count=jax.process_count())
-  if it.batches_per_epoch * bs < n:
-    raise ValueError(f"config.eval.baseline_split={e.baseline_split!r} has fewer than "
-                     f"config.eval.num_samples={n} images in calls of {bs}")
-  chunks = (next(it)["image"] for _ in range(-(-n // bs)))
-  scores, stats = _score(config, chunks, n, bs, extract, ref, ref_kept)
-  return {"spec": f"data:{e.baseline_split}", "method": "data", "steps": 0, "nfe": 0,
-          "settings": {"split": e.baseline_split}, **scores, "time_s": 0.0, "compile_s": 0.0,
-          "samples_per_s": None}, stats
-
-
-# --------------------------------------------------------------------------
-# Bits/dim.
-# --------------------------------------------------------------------------
-
-
-def bits_per_dim(config, apply_fn, process, params, rng, mesh=None) -> dict:
-  """Mean bits/dim of ``eval.bpd_num`` images of ``eval.bpd_split`` (module doc).
-
-  With a `mesh`, each batch is a global array split over its devices (each
-  process reads its slice) and `params` are replicated on it.
-  """
-  e, d = config.eval, config.diffusion
-  discrete = d.type == "discrete"
-  dc = copy.deepcopy(config.data)
-  dc.split, dc.random_flip, dc.dequantize = e.bpd_split, False, not discrete
-  dc.batch_size = _batch(e.batch_size, e.bpd_num, mesh)
-  it = data.create(dc, seed=config.seed + 1, process_index=jax.process_index(),
-                   process_count=jax.process_count())
-  shard = (lambda b: b) if mesh is None else (lambda b: parallel.shard_batch(b, mesh, "jit"))
-  levels = it.levels
-  num_classes = config.model.num_classes
-
-  @jax.jit
-  def batch_bpd(params, x, y, key):  # params an argument: not baked into the program.
-    net = lambda x_t, t: apply_fn(params, x_t, t, y if num_classes is not None else None)
-    if discrete:
-      eps_fn = parameterization.eps_fn_from_model(net, d.prediction, process)
-      return likelihood.ddpm_vlb(eps_fn, process, x, key, num_bins=levels)["total"]
-    score_fn = parameterization.score_fn_from_model(net, d.prediction, process)
-    return likelihood.bits_per_dim(score_fn, process, x, key, num_bins=levels, method="rk45",
-                                   divergence="hutchinson")
-
-  values, done, c = [], 0, 0
-  while done < e.bpd_num:
-    batch = shard({k: v for k, v in next(it).items() if k in ("image", "label")})
-    args = (params, batch["image"], batch["label"], jax.random.fold_in(rng, c))
-    if c == 0:  # Compiled ahead; all processes compiled before the first collective.
-      compiled = batch_bpd.lower(*args).compile()
-      parallel.barrier("eval_bpd")
-    values.append(parallel.to_host(compiled(*args))[:e.bpd_num - done])
-    done, c = done + len(values[-1]), c + 1
-  values = np.concatenate(values)
-  method = ("ddpm_vlb: DDPM variational bound (total), discretised Gaussian decoder on the "
-            f"{levels}-level data, no dequantisation noise" if discrete else
-            "probability_flow: bits_per_dim of uniformly dequantised data x = 2 (k + u) / K - 1 "
-            f"(K = {levels}), Hutchinson divergence, rk45")
-  return {"bits_per_dim": float(np.mean(values)), "std": float(np.std(values)),
-          "num_images": int(done), "split": e.bpd_split, "num_bins": int(levels),
-          "method": "ddpm_vlb" if discrete else "probability_flow_ode", "description": method}
-
-
-# --------------------------------------------------------------------------
-# Driver.
-# --------------------------------------------------------------------------
-
-
-def _same_on_all_processes(flag: bool, path: str) -> bool:
-  """`flag` ("`path` holds a finished result"), checked to be the same on every
-  process: they must all skip a step or all run it (it has collectives)."""
-  if jax.process_count() == 1:
-    return flag
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  flags = np.asarray(multihost_utils.process_allgather(np.int32(flag)))
-  if flags.min() != flags.max():
-    raise RuntimeError(
-        f"{path} exists for processes {np.flatnonzero(flags).tolist()} only: every process "
-        "must see the same workdir (a shared filesystem)")
-  return flag
-
-
-def _fmt(v, scale=1.0, digits=2):
-  return "-" if v is None else f"{v * scale:.{digits}f}"
-
-
-def results_markdown(results: dict) -> str:
-  # KID x 1e3 is the convention for Inception features; the classifier's
-  # features have another scale, so their KID is printed as it is.
-  kid_scale, kid_head = (1e3, "KID (x1e3)") if results["features"] == "inception" else (1.0, "KID")
-  lines = [f"# Evaluation of step {results['step']} ({results['features']} features, "
-           f"{results['num_samples']} samples per sampler)", "",
-           f"| sampler | steps | NFE | FID | {kid_head} | IS | time (s) |",
-           "|---|---|---|---|---|---|---|"]
-  for r in results["rounds"]:
-    if r["method"] == "data":  # Real images: no sampler.
-      steps, nfes, secs = "-", "-", "-"
-    else:
-      steps, secs = r["steps"], _fmt(r["time_s"])
-      nfes = r["nfe"] if r["nfe"] is not None else "adaptive"
-    lines.append(f"| `{r['spec']}` | {steps} | {nfes} | {_fmt(r['fid'], digits=3)} | "
-                 f"{_fmt(r['kid'], kid_scale)} | {_fmt(r['inception_score'])} | {secs} |")
-  b = results.get("bpd")
-  if b:
-    lines += ["", f"bits/dim ({b['split']} split, {b['num_images']} images): "
-              f"{b['bits_per_dim']:.4f} ± {b['std']:.4f}; {b['description']}"]
-  return "\n".join(lines) + "\n"
-
-
-def evaluate(config, workdir: str) -> dict:
-  """``--mode eval`` (module doc). Returns the results dict written to results.json."""
-  e = config.eval
-  specs = tuple(e.samplers) or (config.sample.method,)
-  if len(set(specs)) != len(specs):
-    raise ValueError(f"config.eval.samplers has repeated specs: {specs}")
-  for spec in specs:  # Every error before any long compute.
-    sampler_config(config, spec)
+  entries = eval_samplers(config)
   for key in ("num_samples", "batch_size", "kept_features", "is_splits"):
     if e[key] < (2 if key == "kept_features" else 1):
       raise ValueError(f"config.eval.{key}={e[key]} is too small")
@@ -364,94 +75,75 @@ def evaluate(config, workdir: str) -> dict:
   if e.bpd and e.bpd_num < 1:
     raise ValueError(f"config.eval.bpd_num={e.bpd_num} must be >= 1 (or eval.bpd=False)")
   mesh = parallel.make_mesh()  # Every device of every process shares each call.
-  devices = mesh.devices.size
-  if e.batch_size % devices:
+  if e.batch_size % mesh.devices.size:
     raise ValueError(f"config.eval.batch_size={e.batch_size} is not divisible by the "
-                     f"{devices} devices that share every sampler call")
+                     f"{mesh.devices.size} devices that share every sampler call")
   if config.data.batch_size % jax.process_count():
     raise ValueError(f"config.data.batch_size={config.data.batch_size} (the reference "
                      f"statistics' read batch) is not divisible by the "
                      f"{jax.process_count()} processes")
-  extract = make_extractor(e)
-  resume.check_config(config, workdir, write=False, mode="eval")
+  return entries, mesh
 
-  model = experiment.build_model(config)
-  process = experiment.noise_process(config)
-  create_fn, _ = experiment.state_fns(config, model)
-  state_key, sample_key = experiment.keys(config)
+
+def evaluate(config, workdir: str) -> dict:
+  """``--mode eval`` (module doc). Returns the results dict written to results.json.
+
+  Linear: check everything, load the extractor, restore the EMA params, then
+  per round (the data row first, if asked) skip it if its file says it is done
+  (`eval.cache`), else sample and score it (`eval.rounds`); then bits/dim
+  (`eval.bpd`) and the report (`eval.report`).
+  """
+  entries, mesh = check(config)
+  e = config.eval
+  extract = features.make_extractor(e)
+  resume.check_config(config, workdir, write=False, mode="eval")
+  exp = experiment.build(config)
   with checkpoint.Checkpointer(Workdir(workdir).checkpoints_dir, None) as ckpt:
-    step = config.sample.checkpoint_step
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first")
-    state, _ = ckpt.restore(step, experiment.abstract_state(create_fn, state_key,
-                                                            parallel.replicated(mesh)))
-  apply_fn = experiment.make_apply_fn(model, config, process)
-  params = state.ema_params
-  main = jax.process_index() == 0
+    params, step = experiment.restore_ema_params(exp, ckpt, config.sample.checkpoint_step, mesh)
   wd = Workdir(workdir)
   wd.rounds_dir.mkdir(parents=True, exist_ok=True)
-  ident = {"step": int(step), "num_samples": e.num_samples, "features": _extractor_id(e)}
+  ident = {"step": step, "num_samples": e.num_samples, "features": features.extractor_id(e)}
 
-  ref, ref_kept = None, None
-  rounds = []
-  baseline = (f"data:{e.baseline_split}",) if e.baseline_split else ()
-  for spec in baseline + specs:
-    path = wd.round_file(spec_filename(spec))
-    row = read_json(path) if path.exists() else None
-    done = _same_on_all_processes(
-        row is not None and all(row.get(k) == v for k, v in ident.items()), path)
-    if done:
-      console.echo(f"eval: skipping {spec} (done: {path})")
-      rounds.append(row)
-      continue
+  ref, done_rounds = None, []
+  todo = ([f"data:{e.baseline_split}"] if e.baseline_split else []) + entries
+  for i, entry in enumerate(todo):
+    name = entry if isinstance(entry, str) else entry.name
+    path = wd.round_file(spec_filename(name))
+    row = cache.load_done(path, ident)
     if row is not None:
-      console.echo(f"eval: recomputing {spec}: {path} is of another step, N or extractor")
+      console.echo(f"eval: skipping {name} (done: {path})")
+      done_rounds.append(row)
+      continue
+    if path.exists():
+      console.echo(f"eval: recomputing {name}: {path} is of another step, N or extractor")
     if ref is None:
-      ref, ref_kept = reference_stats(config, workdir, extract)
-    if spec in baseline:
-      console.echo(f"eval: scoring {e.num_samples} {e.baseline_split} images (the data row)")
-      row, stats = data_round(config, extract, ref, ref_kept, mesh)
+      ref = rounds.Reference(extract, *features.reference_stats(config, workdir, extract))
+    console.echo(f"eval [{i + 1}/{len(todo)}]: {e.num_samples} images of {name}")
+    if isinstance(entry, str):
+      row, stats = rounds.data_round(config, ref, mesh)
     else:
-      console.echo(f"eval: sampling {e.num_samples} images with {spec}")
-      row, stats = run_round(config, spec, apply_fn, process, params, sample_key, extract,
-                             ref, ref_kept, mesh)
+      row, stats = rounds.sampler_round(exp, entry, params, ref, mesh)
     row.update(ident)
-    if main:
-      save_npz(wd.round_stats(spec_filename(spec)), **stats.to_arrays())
-      write_json(path, row, indent=2)
-    console.echo(f"eval: {spec}: FID {row['fid']:.4f}, KID {row['kid']:.5f}, "
+    if jax.process_index() == 0:
+      save_npz(wd.round_stats(spec_filename(name)), **stats.to_arrays())
+    cache.save(path, row)
+    console.echo(f"eval: {name}: FID {row['fid']:.4f}, KID {row['kid']:.5f}, "
                  f"IS {row['inception_score']:.3f}, {row['time_s']:.2f}s")
-    rounds.append(row)
+    done_rounds.append(row)
 
   bpd = None
   if e.bpd:
-    bpd_path = wd.bpd_file
-    if bpd_path.exists():
-      bpd = read_json(bpd_path)
-    done = _same_on_all_processes(
-        bool(bpd) and bpd.get("step") == step and bpd.get("num_images") == e.bpd_num, bpd_path)
-    if not done:
+    bpd = cache.load_done(wd.bpd_file, {"step": step, "num_images": e.bpd_num})
+    if bpd is None:
       console.echo(f"eval: bits/dim on {e.bpd_num} {e.bpd_split} images")
-      bpd = {**bits_per_dim(config, apply_fn, process, params,
-                            jax.random.fold_in(sample_key, 0x62706400), mesh),
-             "step": int(step)}
-      if main:
-        write_json(bpd_path, bpd, indent=2)
+      bpd = {**bits_per_dim(exp, params, jax.random.fold_in(exp.sample_key, 0x62706400), mesh),
+             "step": step}
+      cache.save(wd.bpd_file, bpd)
     else:
-      console.echo(f"eval: skipping bits/dim (done: {bpd_path})")
+      console.echo(f"eval: skipping bits/dim (done: {wd.bpd_file})")
 
-  results = {"step": int(step), "features": e.features, "extractor": _extractor_id(e),
-             "num_samples": e.num_samples, "rounds": rounds, "bpd": bpd}
-  if main:
-    write_json(wd.results("json"), results, indent=2)
-    wd.results("md").write_text(results_markdown(results))
-    hook = sinks.WandbHook(config, enabled=True, workdir=workdir)
-    row = {f"eval/{spec_filename(r['spec'])}/{k}": r[k] for r in rounds
-           for k in ("fid", "kid", "inception_score", "time_s", "nfe")}
-    if bpd:
-      row["eval/bits_per_dim"] = bpd["bits_per_dim"]
-    hook.log(int(step), row)
-    hook.close()
+  results = {"step": step, "features": e.features, "extractor": features.extractor_id(e),
+             "num_samples": e.num_samples, "rounds": done_rounds, "bpd": bpd}
+  report.write(config, workdir, results)
   console.echo(f"eval: wrote {wd.results('md')}")
   return results

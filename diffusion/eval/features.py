@@ -1,0 +1,95 @@
+"""Feature extractors of `--mode eval` and the cached reference statistics."""
+from __future__ import annotations
+
+import copy
+import os
+
+from etils import epath
+import jax
+import numpy as np
+
+from diffusion.data import iterator as data
+from diffusion.dist import cluster, parallel
+from diffusion.eval import classifier as classify
+from diffusion.eval import metrics
+from diffusion.run import console
+from diffusion.run.workdir import Workdir, load_npz, save_npz
+
+FEATURES = ("classifier", "inception")
+
+
+def make_extractor(e):
+  """``fn(images [N, H, W, C]) -> (features [N, D], logits [N, K])`` of ``eval.features``."""
+  if e.features not in FEATURES:
+    raise ValueError(f"config.eval.features={e.features!r} is unknown; valid: {', '.join(FEATURES)}")
+  if e.features == "classifier":
+    path = e.classifier_path
+    if not path or not os.path.exists(os.path.join(path, "classifier.json")):
+      raise FileNotFoundError(
+          f"config.eval.classifier_path={path!r} holds no classifier (classifier.json): train "
+          "one with `python -m diffusion.classify` (diffusion.eval.classifier.train and .save)")
+    model, params, _ = classify.load(path)
+    apply = jax.jit(lambda p, x: model.apply({"params": p}, x, method=type(model).features_and_logits))
+    return _padded_batches(lambda x: apply(params, x), e.batch_size)
+  path = e.inception_weights
+  if not path or not os.path.exists(path):
+    raise FileNotFoundError(
+        f"config.eval.inception_weights={path!r} does not exist: convert pytorch-fid's weights "
+        "with `python -m diffusion.models.inception --convert <pth> --out <npz>` "
+        "(see diffusion/models/inception.py)")
+  from diffusion.models import inception  # pylint: disable=g-import-not-at-top
+  return inception.feature_fn(inception.load_params(path), batch_size=e.batch_size)
+
+
+def _padded_batches(fn, batch_size: int):
+  """``fn`` on ``[N, ...]`` in zero-padded batches of `batch_size` (one compiled shape)."""
+  def run(images):
+    images = np.asarray(images, np.float32)
+    feats, logits = [], []
+    for start in range(0, images.shape[0], batch_size):
+      chunk = images[start:start + batch_size]
+      n = chunk.shape[0]
+      chunk = np.concatenate([chunk, np.zeros((batch_size - n,) + chunk.shape[1:], np.float32)])
+      f, lg = jax.device_get(fn(chunk))
+      feats.append(np.asarray(f, np.float64)[:n])
+      logits.append(np.asarray(lg, np.float64)[:n])
+    return np.concatenate(feats), np.concatenate(logits)
+  return run
+
+
+def extractor_id(e) -> str:
+  path = e.classifier_path if e.features == "classifier" else e.inception_weights
+  return f"{e.features}:{os.path.abspath(path)}"
+
+
+def reference_stats(config, workdir: str, extract):
+  """``(FeatureStats, kept features)`` of the reference split; cached (see module doc)."""
+  e = config.eval
+  path = (epath.Path(e.reference_stats) if e.reference_stats
+          else Workdir(workdir).reference_stats(e.features, e.reference_split))
+  if cluster.same_on_all_processes(path.exists(), path):
+    arrays = load_npz(path)
+    if str(arrays["extractor"]) != extractor_id(e):
+      raise ValueError(f"{path} holds statistics of {arrays['extractor']}, not of "
+                       f"{extractor_id(e)}: delete it or set config.eval.reference_stats")
+    return metrics.FeatureStats.from_arrays(arrays), arrays["features"]
+  dc = copy.deepcopy(config.data)
+  dc.split, dc.dequantize, dc.random_flip = e.reference_split, False, False
+  # Each process reads its slice of every global batch and extracts its
+  # features; the gathered rows are the global batch in order.
+  it = data.create(dc, seed=config.seed, process_index=jax.process_index(),
+                   process_count=jax.process_count())
+  total = it.batches_per_epoch * dc.batch_size
+  n = min(e.reference_num, total) if e.reference_num > 0 else total
+  stats, kept, done = None, [], 0
+  while done < n:
+    feats, _ = extract(next(it)["image"])
+    feats = parallel.gather_rows(feats)[:n - done]
+    stats = (stats or metrics.FeatureStats(feats.shape[1])).update(feats)
+    kept.append(feats[:max(0, e.kept_features - done)])
+    done += len(feats)
+  kept = np.concatenate(kept)
+  if jax.process_index() == 0:
+    save_npz(path, **stats.to_arrays(), features=kept, extractor=extractor_id(e))
+  console.echo(f"reference statistics of {n} {e.reference_split} images -> {path}")
+  return stats, kept

@@ -1,0 +1,118 @@
+"""One round of `--mode eval`: N images of one sampler (or of real data), scored."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import time
+import zlib
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from diffusion.data import iterator as data
+from diffusion.dist import cluster, parallel
+from diffusion.eval import metrics
+from diffusion.sample import specs
+from diffusion.sample.fn import make_sample_fn
+
+# config.sample keys that say how many images, not how they are sampled.
+_NOT_SETTINGS = ("num_samples", "batch_size", "grid_size", "gif_frames", "checkpoint_step")
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+  """What every round is scored against: the extractor ``images -> (features,
+  logits)``, the reference `metrics.FeatureStats` and its kept feature vectors."""
+
+  extract: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+  stats: Any
+  kept: np.ndarray
+
+
+def batch_size(config, n: int, mesh) -> int:
+  """Images per call for `n` images: ``min(eval.batch_size, n)`` rounded up to a
+  multiple of the mesh's device count (`modes.eval` checks batch_size is one)."""
+  k = 1 if mesh is None else mesh.devices.size
+  return -(-min(config.eval.batch_size, n) // k) * k
+
+
+def score(config, local_chunks, n: int, bs: int, ref: Reference) -> tuple[dict, object]:
+  """Metrics of `n` images that arrive as calls of `bs`: `local_chunks` yields
+  this process's rows of each call (all of it with one process); features are
+  extracted per process and gathered in order, the last call cut to `n`."""
+  e = config.eval
+  stats, kept, logits = None, [], []
+  for c, images in enumerate(local_chunks):
+    feats, lg = ref.extract(np.clip(images, -1.0, 1.0))
+    feats = parallel.gather_rows(feats)[:n - c * bs]
+    lg = parallel.gather_rows(lg)[:n - c * bs]
+    stats = (stats or metrics.FeatureStats(feats.shape[1])).update(feats)
+    kept.append(feats[:max(0, e.kept_features - c * bs)])
+    logits.append(np.asarray(lg, np.float32))
+  kept, logits = np.concatenate(kept), np.concatenate(logits)
+  kid_mean, kid_std = metrics.kid(kept, ref.kept, num_subsets=e.kid_subsets,
+                                   subset_size=e.kid_subset_size, seed=config.seed)
+  is_mean, is_std = metrics.inception_score(logits, num_splits=min(e.is_splits, n))
+  k = min(len(kept), len(ref.kept))
+  precision, recall = metrics.precision_recall(ref.kept[:k], kept[:k]) if k > 3 else (None, None)
+  return {"num_samples": n, "fid": metrics.fid(stats, ref.stats), "kid": kid_mean,
+          "kid_std": kid_std, "inception_score": is_mean, "inception_score_std": is_std,
+          "precision": precision, "recall": recall}, stats
+
+
+def sampler_round(exp, entry: specs.Entry, params, ref: Reference, mesh=None):
+  """Samples ``eval.num_samples`` with the sampler of `entry` and scores them;
+  returns ``(row, stats)``.
+
+  Chunk c has key ``fold_in(fold_in(sample_key, crc32(name)), c)``. With a
+  `mesh` every sampler call is split over all its devices (`params` replicated
+  on it); each process extracts the features of its own rows and the rows are
+  gathered in order, so every process holds the same statistics.
+  """
+  e, cfg = exp.config.eval, entry.config
+  n = e.num_samples
+  bs = batch_size(exp.config, n, mesh)
+  key = jax.random.fold_in(exp.sample_key, zlib.crc32(entry.name.encode()) & 0x7FFFFFFF)
+  fn = make_sample_fn(exp, cfg.sample, num_samples=bs, mesh=mesh)
+  t0 = time.perf_counter()
+  compiled = fn.lower(params, key).compile()
+  compile_s = time.perf_counter() - t0
+  cluster.barrier("eval_" + specs.spec_filename(entry.name))  # All compiled before a collective.
+  timing = {"sample_s": 0.0}
+
+  def chunks():
+    for c in range(-(-n // bs)):
+      t0 = time.perf_counter()
+      x = compiled(params, jax.random.fold_in(key, c)).block_until_ready()
+      timing["sample_s"] += time.perf_counter() - t0
+      yield parallel.local_rows(x)
+
+  scores, stats = score(exp.config, chunks(), n, bs, ref)
+  s, sample_s = cfg.sample, timing["sample_s"]
+  row = {"spec": entry.name, "method": s.method, "steps": specs.sampler_steps(cfg),
+         "nfe": specs.nfe(cfg),
+         "settings": {k: s[k] for k in sorted(s.keys()) if k not in _NOT_SETTINGS},
+         **scores, "time_s": sample_s, "compile_s": compile_s,
+         "samples_per_s": n / sample_s if sample_s > 0 else None}
+  return row, stats
+
+
+def data_round(config, ref: Reference, mesh=None):
+  """The row of ``eval.num_samples`` real images of ``eval.baseline_split``
+  scored like samples: the floor of each metric at this N (FID is biased
+  upwards at small N; a model cannot be told from data below this row)."""
+  e = config.eval
+  n, bs = e.num_samples, batch_size(config, e.num_samples, mesh)
+  dc = copy.deepcopy(config.data)
+  dc.split, dc.dequantize, dc.random_flip, dc.batch_size = e.baseline_split, False, False, bs
+  it = data.create(dc, seed=config.seed + 2, process_index=jax.process_index(),
+                   process_count=jax.process_count())
+  if it.batches_per_epoch * bs < n:
+    raise ValueError(f"config.eval.baseline_split={e.baseline_split!r} has fewer than "
+                     f"config.eval.num_samples={n} images in calls of {bs}")
+  chunks = (next(it)["image"] for _ in range(-(-n // bs)))
+  scores, stats = score(config, chunks, n, bs, ref)
+  return {"spec": f"data:{e.baseline_split}", "method": "data", "steps": 0, "nfe": 0,
+          "settings": {"split": e.baseline_split}, **scores, "time_s": 0.0, "compile_s": 0.0,
+          "samples_per_s": None}, stats
