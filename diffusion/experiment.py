@@ -12,13 +12,13 @@ import jax.numpy as jnp
 from jax.sharding import SingleDeviceSharding
 
 from diffusion.core import losses
-from diffusion.dist import parallel
+from diffusion.dist import placement
 from diffusion.core import parameterization
 from diffusion.core import samplers
 from diffusion.core import schedules
 from diffusion.core import sdes
 from diffusion.train import state as ts
-from diffusion.models import get_model
+from diffusion.models import PRECISIONS, compute_dtype, get_model
 
 DIFFUSION_TYPES = ("discrete", "continuous")
 # Discrete schedules whose betas are a VP SDE's beta(t) on a uniform grid, so
@@ -64,8 +64,8 @@ def validate_config(config) -> None:
           f"config.sample.method={s.method!r} is a discrete-time sampler; a "
           f"diffusion.type='continuous' model samples with: {', '.join(continuous)}")
     _choice(s.method, continuous, "sample.method (diffusion.type=continuous)")
-  _choice(tc.parallel, parallel.MODES, "train.parallel")
-  _choice(tc.precision, tuple(parallel.DTYPES), "train.precision")
+  _choice(tc.parallel, placement.MODES, "train.parallel")
+  _choice(tc.precision, tuple(PRECISIONS), "train.precision")
   k = tc.steps_per_call
   if k < 1:
     raise ValueError(f"config.train.steps_per_call={k} must be >= 1")
@@ -96,7 +96,7 @@ def build_model(config) -> nn.Module:
   fields = {k: v for k, v in config.model.items() if k != "name"}
   return get_model(config.model.name, **fields, image_size=config.data.image_size,
                    in_channels=config.data.channels,
-                   dtype=parallel.compute_dtype(config.train.precision))
+                   dtype=compute_dtype(config.train.precision))
 
 
 def noise_process(config):
@@ -135,7 +135,7 @@ def _labels(config, batch):
 
 
 def make_loss_fn(config, apply_fn, process) -> Callable:
-  """``loss_fn(params, batch, rng) -> (loss, metrics)`` for `parallel.make_train_step`."""
+  """``loss_fn(params, batch, rng) -> (loss, metrics)`` for `train.step.make_train_step`."""
   d = config.diffusion
 
   def loss_fn(params, batch, rng):

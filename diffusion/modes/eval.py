@@ -63,7 +63,8 @@ from diffusion.run import checkpoint
 from diffusion.eval import classifier as classify
 from diffusion.data import iterator as data
 from diffusion.core import likelihood
-from diffusion.dist import parallel
+from diffusion.dist import cluster
+from diffusion.dist import placement
 from diffusion.core import parameterization
 from diffusion.sample import fn as sampling
 from diffusion.run import writers
@@ -146,7 +147,7 @@ def reference_stats(config, workdir: str, extract):
   stats, kept, done = None, [], 0
   while done < n:
     feats, _ = extract(next(it)["image"])
-    feats = parallel.gather_rows(feats)[:n - done]
+    feats = placement.gather_rows(feats)[:n - done]
     stats = (stats or metrics.FeatureStats(feats.shape[1])).update(feats)
     kept.append(feats[:max(0, e.kept_features - done)])
     done += len(feats)
@@ -178,8 +179,8 @@ def _score(config, local_chunks, n: int, bs: int, extract, ref, ref_kept) -> tup
   stats, kept, logits = None, [], []
   for c, images in enumerate(local_chunks):
     feats, lg = extract(np.clip(images, -1.0, 1.0))
-    feats = parallel.gather_rows(feats)[:n - c * bs]
-    lg = parallel.gather_rows(lg)[:n - c * bs]
+    feats = placement.gather_rows(feats)[:n - c * bs]
+    lg = placement.gather_rows(lg)[:n - c * bs]
     stats = (stats or metrics.FeatureStats(feats.shape[1])).update(feats)
     kept.append(feats[:max(0, e.kept_features - c * bs)])
     logits.append(np.asarray(lg, np.float32))
@@ -209,7 +210,7 @@ def run_round(config, spec, apply_fn, process, params, sample_key, extract, ref,
   t0 = time.perf_counter()
   compiled = fn.lower(params, key).compile()
   compile_s = time.perf_counter() - t0
-  parallel.barrier("eval_" + spec_filename(spec))  # All compiled before the first collective.
+  cluster.barrier("eval_" + spec_filename(spec))  # All compiled before the first collective.
   timing = {"sample_s": 0.0}
 
   def chunks():
@@ -217,7 +218,7 @@ def run_round(config, spec, apply_fn, process, params, sample_key, extract, ref,
       t0 = time.perf_counter()
       x = compiled(params, jax.random.fold_in(key, c)).block_until_ready()
       timing["sample_s"] += time.perf_counter() - t0
-      yield parallel.local_rows(x)
+      yield placement.local_rows(x)
 
   scores, stats = _score(config, chunks(), n, bs, extract, ref, ref_kept)
   s, sample_s = cfg.sample, timing["sample_s"]
@@ -267,7 +268,7 @@ def bits_per_dim(config, apply_fn, process, params, rng, mesh=None) -> dict:
   dc.batch_size = _batch(e.batch_size, e.bpd_num, mesh)
   it = data.create(dc, seed=config.seed + 1, process_index=jax.process_index(),
                    process_count=jax.process_count())
-  shard = (lambda b: b) if mesh is None else (lambda b: parallel.shard_batch(b, mesh, "jit"))
+  shard = (lambda b: b) if mesh is None else (lambda b: placement.shard_batch(b, mesh, "jit"))
   levels = it.levels
   num_classes = config.model.num_classes
 
@@ -287,8 +288,8 @@ def bits_per_dim(config, apply_fn, process, params, rng, mesh=None) -> dict:
     args = (params, batch["image"], batch["label"], jax.random.fold_in(rng, c))
     if c == 0:  # Compiled ahead; all processes compiled before the first collective.
       compiled = batch_bpd.lower(*args).compile()
-      parallel.barrier("eval_bpd")
-    values.append(parallel.to_host(compiled(*args))[:e.bpd_num - done])
+      cluster.barrier("eval_bpd")
+    values.append(placement.to_host(compiled(*args))[:e.bpd_num - done])
     done, c = done + len(values[-1]), c + 1
   values = np.concatenate(values)
   method = ("ddpm_vlb: DDPM variational bound (total), discretised Gaussian decoder on the "
@@ -387,7 +388,7 @@ def evaluate(config, workdir: str) -> dict:
                      f"'' (no data row), {', '.join(data.SPLITS)}")
   if e.bpd and e.bpd_num < 1:
     raise ValueError(f"config.eval.bpd_num={e.bpd_num} must be >= 1 (or eval.bpd=False)")
-  mesh = parallel.make_mesh()  # Every device of every process shares each call.
+  mesh = placement.make_mesh()  # Every device of every process shares each call.
   devices = mesh.devices.size
   if e.batch_size % devices:
     raise ValueError(f"config.eval.batch_size={e.batch_size} is not divisible by the "
@@ -409,7 +410,7 @@ def evaluate(config, workdir: str) -> dict:
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first")
     state, _ = ckpt.restore(step, experiment.abstract_state(create_fn, state_key,
-                                                            parallel.replicated(mesh)))
+                                                            placement.replicated(mesh)))
   apply_fn = experiment.make_apply_fn(model, config, process)
   params = state.ema_params
   main = jax.process_index() == 0

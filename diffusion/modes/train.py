@@ -7,7 +7,7 @@ from the latest checkpoint, compile the step, then loop: log every
 at the end), sample a grid with the EMA parameters every ``sample_every`` (and
 at the end) to ``workdir/samples/step_XXXXXX.png`` (`sampling`).
 
-Several processes (multi-host, `parallel.initialize_distributed`): every
+Several processes (multi-host, `cluster.initialize_distributed`): every
 process runs this same loop on its slice of each global batch; the state is
 replicated on the global mesh; checkpoints are saved and restored by all
 processes together (Orbax); the sample grid is split over all devices of all
@@ -33,15 +33,17 @@ import numpy as np
 from diffusion import experiment
 from diffusion.run import checkpoint
 from diffusion.data import iterator as data
-from diffusion.dist import parallel
+from diffusion.dist import compile as compile_lib
+from diffusion.dist import placement
 from diffusion.sample import fn as sampling
 from diffusion.viz import images as visualize
 from diffusion.run import writers
 from diffusion.train import state as ts
+from diffusion.train import step as train_step
 
 
 def _save_grid(path: str, images) -> None:
-  images = parallel.to_host(images)  # A collective when the grid is split over processes.
+  images = placement.to_host(images)  # A collective when the grid is split over processes.
   if jax.process_index() == 0:
     visualize.save_png(path, visualize.image_grid(images))
 
@@ -66,8 +68,8 @@ def _host_metrics(pending) -> dict[str, np.ndarray]:
   """Fetches and checks ``[(first_step, metrics), ...]``; ``{name: [steps]}``."""
   out = {}
   for first_step, metrics in pending:
-    metrics = parallel.to_host(metrics)
-    parallel.check_finite(metrics, first_step)
+    metrics = placement.to_host(metrics)
+    train_step.check_finite(metrics, first_step)
     for name, value in metrics.items():
       out.setdefault(name, []).append(np.atleast_1d(np.asarray(value, np.float64)))
   return {name: np.concatenate(v) for name, v in out.items()}
@@ -126,7 +128,7 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
     The final `TrainState` (one copy, not replicated).
 
   Raises:
-    parallel.NonFiniteError: a step had a non-finite loss or gradient norm;
+    train_step.NonFiniteError: a step had a non-finite loss or gradient norm;
       training stopped, the checkpoints on disk are those of earlier steps.
   """
   experiment.validate_config(config)
@@ -145,13 +147,13 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
   writers.echo(f"model {config.model.name}: "
                f"{sum(p.size for p in jax.tree.leaves(abstract.params)):,} parameters")
 
-  # The mesh spans every device of every process (`parallel.make_mesh`). In
+  # The mesh spans every device of every process (`placement.make_mesh`). In
   # jit mode the restore target is replicated on it: with several processes,
   # Orbax restores (and saves) collectively, as global arrays.
-  mesh = parallel.make_mesh()
+  mesh = placement.make_mesh()
   target = abstract
   if tc.parallel == "jit":
-    target = experiment.abstract_state(create_fn, state_key, parallel.replicated(mesh))
+    target = experiment.abstract_state(create_fn, state_key, placement.replicated(mesh))
   ckpt = checkpoint.Checkpointer(os.path.join(workdir, "checkpoints"), tc.keep_checkpoints)
   start = ckpt.latest_step()
   if start is None:
@@ -162,14 +164,14 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
     if start % k:
       raise ValueError(f"checkpoint step {start} is not a multiple of "
                        f"config.train.steps_per_call={k}")
-  step = int(parallel.to_host(state.step))
+  step = int(placement.to_host(state.step))
   if step >= tc.num_steps:
     writers.echo(f"nothing to do: checkpoint step {step} >= train.num_steps={tc.num_steps}")
     ckpt.close()
     return state
 
-  compiled = parallel.compile_step(
-      parallel.make_train_step(experiment.make_loss_fn(config, apply_fn, process), tx, config),
+  compiled = compile_lib.compile_step(
+      train_step.make_train_step(experiment.make_loss_fn(config, apply_fn, process), tx, config),
       tc.parallel, mesh, steps_per_call=k)
   # jit mode: each grid is split over all devices (where they divide it).
   sample_fn = sampling.make_sample_fn(config, apply_fn, process,
@@ -230,14 +232,14 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
           writers.echo(f"{reason}: stopped at step {step} of {tc.num_steps} and saved "
                        f"its checkpoint in {ckpt.directory}; run the same command to resume.")
           break
-  except parallel.NonFiniteError as e:
+  except train_step.NonFiniteError as e:
     ckpt.wait_until_finished()
     message = (f"training stopped: {e}. The last good checkpoint is step "
                f"{ckpt.latest_step()} in {ckpt.directory}.")
     writers.echo(message)
-    raise parallel.NonFiniteError(e.step, e.metric, message) from e
+    raise train_step.NonFiniteError(e.step, e.metric, message) from e
   finally:
     bar.close()
     writer.close()
     ckpt.close()
-  return parallel.to_host(compiled.unreplicate(state))
+  return placement.to_host(compiled.unreplicate(state))

@@ -14,7 +14,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from diffusion import experiment
 from diffusion.run import checkpoint
-from diffusion.dist import parallel
+from diffusion.dist import placement
 from diffusion.core import parameterization
 from diffusion.core import samplers
 from diffusion.core import sdes
@@ -42,7 +42,7 @@ def batch_sharding(mesh, num_samples: int):
   (None when `mesh` is None or has one device, or the devices do not divide N)."""
   if mesh is None or mesh.devices.size == 1 or num_samples % mesh.devices.size:
     return None
-  return NamedSharding(mesh, P(parallel.AXIS))
+  return NamedSharding(mesh, P(placement.AXIS))
 
 
 def make_sample_fn(config, apply_fn, process, *, num_samples: int | None = None,
@@ -56,7 +56,7 @@ def make_sample_fn(config, apply_fn, process, *, num_samples: int | None = None,
   With a `mesh` whose devices divide N (`batch_sharding`), the N images are
   split over all its devices (of all processes): every network input is
   constrained to that batch sharding and so is the output, a global array
-  (`parallel.to_host` gathers it); `params` must then be replicated on the mesh
+  (`placement.to_host` gathers it); `params` must then be replicated on the mesh
   and every process must make the call. The noise is drawn by the same
   counter-based threefry as without a mesh, so the samples do not depend on
   how many devices or processes share them (up to float rounding).
@@ -154,9 +154,9 @@ def sample(config, workdir: str) -> str:
     # The params are replicated on every device of every process (several
     # processes restore collectively into global arrays); each sampler call is
     # split over all devices where they divide its batch, and process 0 writes.
-    mesh = parallel.make_mesh()
+    mesh = placement.make_mesh()
     state, _ = ckpt.restore(step, experiment.abstract_state(
-        create_fn, state_key, parallel.replicated(mesh)))
+        create_fn, state_key, placement.replicated(mesh)))
   apply_fn = experiment.make_apply_fn(model, config, process)
   n, grid_n = s.num_samples, min(s.num_samples, s.grid_size)
   batch = min(s.batch_size, n - grid_n) if n > grid_n else 0
@@ -165,12 +165,12 @@ def sample(config, workdir: str) -> str:
   traj_fn = make_sample_fn(config, apply_fn, process, num_samples=grid_n, return_trajectory=True,
                            mesh=mesh)
   first, traj = traj_fn(state.ema_params, jax.random.fold_in(sample_key, 0))
-  first, traj_x = parallel.to_host(first), parallel.to_host(traj["x"])
+  first, traj_x = placement.to_host(first), placement.to_host(traj["x"])
   chunks = [first]
   if batch:
     chunk_fn = make_sample_fn(config, apply_fn, process, num_samples=batch, mesh=mesh)
     for c in range(1, 1 + -(-(n - grid_n) // batch)):
-      chunks.append(parallel.to_host(
+      chunks.append(placement.to_host(
           chunk_fn(state.ema_params, jax.random.fold_in(sample_key, c))))
   images = np.clip(np.concatenate(chunks)[:n], -1.0, 1.0).astype(np.float32)
 
