@@ -129,7 +129,7 @@ def reference_stats(config, workdir: str, extract):
   e = config.eval
   path = e.reference_stats or os.path.join(
       workdir, "eval", f"reference_{e.features}_{e.reference_split}.npz")
-  if _same_on_all_processes(os.path.exists(path), path):
+  if cluster.same_on_all_processes(os.path.exists(path), path):
     with np.load(path) as f:
       arrays = dict(f)
     if str(arrays["extractor"]) != _extractor_id(e):
@@ -324,20 +324,6 @@ def _check_workdir_config(config, workdir: str) -> None:
                      f"{lines}\npass --config.allow_config_change=True to evaluate anyway")
 
 
-def _same_on_all_processes(flag: bool, path: str) -> bool:
-  """`flag` ("`path` holds a finished result"), checked to be the same on every
-  process: they must all skip a step or all run it (it has collectives)."""
-  if jax.process_count() == 1:
-    return flag
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  flags = np.asarray(multihost_utils.process_allgather(np.int32(flag)))
-  if flags.min() != flags.max():
-    raise RuntimeError(
-        f"{path} exists for processes {np.flatnonzero(flags).tolist()} only: every process "
-        "must see the same workdir (a shared filesystem)")
-  return flag
-
-
 def _write_json(path: str, obj) -> None:
   tmp = path + ".tmp"
   with open(tmp, "w") as f:
@@ -428,7 +414,7 @@ def evaluate(config, workdir: str) -> dict:
     if os.path.exists(path):
       with open(path) as f:
         row = json.load(f)
-    done = _same_on_all_processes(
+    done = cluster.same_on_all_processes(
         row is not None and all(row.get(k) == v for k, v in ident.items()), path)
     if done:
       writers.echo(f"eval: skipping {spec} (done: {path})")
@@ -459,7 +445,7 @@ def evaluate(config, workdir: str) -> dict:
     if os.path.exists(bpd_path):
       with open(bpd_path) as f:
         bpd = json.load(f)
-    done = _same_on_all_processes(
+    done = cluster.same_on_all_processes(
         bool(bpd) and bpd.get("step") == step and bpd.get("num_images") == e.bpd_num, bpd_path)
     if not done:
       writers.echo(f"eval: bits/dim on {e.bpd_num} {e.bpd_split} images")

@@ -33,6 +33,7 @@ import numpy as np
 from diffusion import experiment
 from diffusion.run import checkpoint
 from diffusion.data import iterator as data
+from diffusion.dist import cluster
 from diffusion.dist import compile as compile_lib
 from diffusion.dist import placement
 from diffusion.sample import fn as sampling
@@ -78,14 +79,6 @@ def _host_metrics(pending) -> dict[str, np.ndarray]:
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def _any_process(flag: bool) -> bool:
-  """True if `flag` is set on any process (a collective with several processes)."""
-  if jax.process_count() == 1:
-    return flag
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
-
-
 @contextlib.contextmanager
 def _stop_requests():
   """Yields a dict that SIGTERM / SIGINT fill with ``{"signal": name}``.
@@ -96,7 +89,7 @@ def _stop_requests():
   cannot install handlers) nothing is installed.
 
   With several processes, signals arrive at different steps: the loop asks
-  `_any_process` each step, so that all stop (and save, collectively) at the
+  `cluster.any_process` each step, so that all stop (and save, collectively) at the
   same step.
   """
   stop: dict[str, str] = {}
@@ -200,7 +193,7 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
         log, save = _every(step, tc.log_every) or last, _every(step, tc.ckpt_every) or last
         grid = _every(step, tc.sample_every) or (last and tc.sample_every > 0)
         # Read the flag once: a signal arriving later in this iteration stops the next one.
-        preempted = _any_process(bool(stop)) and not last
+        preempted = cluster.any_process(bool(stop)) and not last
         if preempted:  # Save this step, skip the rest, stop.
           save, grid = True, False
         if not (log or save or grid):
