@@ -143,6 +143,57 @@ def _nan_batch(b):
   return b
 
 
+def _run_steps(step_fn, state, data, place=lambda b: b):
+  """`step_fn` over `data` from `state`: (final state, metrics stacked ``[steps]``)."""
+  metrics = []
+  for b in data:
+    state, m = step_fn(state, place(b))
+    metrics.append(jax.device_get(m))
+  return state, {k: np.stack([m[k] for m in metrics]) for k in metrics[0]}
+
+
+@pytest.mark.parametrize("mode", ["jit", "pmap"])
+def test_step_without_axis_is_a_plain_function_equal_to_the_compiled_step(mode):
+  config = worker.get_config()
+  tx = ts.make_optimizer(config)
+  compiled = compile_lib.compile_step(train_step.make_train_step(worker.loss_fn, tx, config),
+                                      mode, placement.make_mesh(jax.devices()[:1]), donate=False)
+  want, want_m = _run_steps(compiled, compiled.replicate(worker.init_state(tx)),
+                            worker.batches(), compiled.shard_batch)
+  want = compiled.unreplicate(want)
+  # axis_name=None: no mesh, no pmap / shard_map, host numpy batches, a state
+  # on no particular device. The device index is 0, as on a 1-device mesh.
+  plain = train_step.make_train_step(worker.loss_fn, tx, config, axis_name=None)
+  eager, eager_m = _run_steps(plain, worker.init_state(tx), worker.batches())
+  jitted, jitted_m = _run_steps(jax.jit(plain), worker.init_state(tx), worker.batches())
+  # Under jax.jit it is the compiled step's very program (a pmean over one
+  # device is the identity, axis_index is 0): bit-identical.
+  for field in ("params", "opt_state", "ema_params"):
+    np.testing.assert_array_equal(worker.flat(getattr(jitted, field)),
+                                  worker.flat(getattr(want, field)))
+  for key in want_m:
+    np.testing.assert_array_equal(jitted_m[key], want_m[key])
+  # Called eagerly, op by op, XLA does not fuse, so float32 sums (the loss's
+  # mean, the grads' sums over 8 rows, the global norm) may round in another
+  # order: a few ulp, ~1e-7 relative, of O(1) losses and grads (measured: one
+  # ulp of grad_norm at step 3, 3e-8 in params). AdamW's direction m/sqrt(v)
+  # is scale-free, so that moves each update by ~1e-7 * lr (1e-2); rounding
+  # p - lr * d can then land one ulp of |p| (|p| < 2: ulp <= 1.2e-7) away per
+  # step, and Adam's moments and the EMA inherit the same few ulp of O(1)
+  # values: over 3 steps < 3 * (1.2e-7 + 1e-9) < 1e-6.
+  for field in ("params", "opt_state", "ema_params"):
+    np.testing.assert_allclose(worker.flat(getattr(eager, field)),
+                               worker.flat(getattr(want, field)), rtol=0, atol=1e-6)
+  assert int(eager.step) == int(want.step) == worker.NUM_STEPS
+  # The key is fold_in(fold_in(rng, step), 0) in both: "u" (exact bit
+  # operations on the key, no rounding) is equal bit for bit.
+  np.testing.assert_array_equal(eager_m["u"], want_m["u"])
+  for key in ("loss", "grad_norm", "lr", "finite"):
+    np.testing.assert_allclose(eager_m[key], want_m[key], rtol=1e-6)
+  assert not np.allclose(worker.flat(eager.params), worker.flat(worker.init_state(tx).params),
+                         atol=1e-3)  # the params did move: not an untouched state
+
+
 def test_non_finite_step_is_skipped_and_reported():
   config = worker.get_config()
   config.unlock()
