@@ -7,8 +7,8 @@
 For each model config it builds the real train step of the package -- the
 UNet, `losses.discrete_loss` (eps prediction, linear schedule, T=1000), Adam
 from a ConfigDict through `train_state.make_optimizer` (DDPM's settings: lr
-2e-4 with warmup, global-norm clipping at 1), the EMA, `parallel.make_train_step`
-and `parallel.compile_step` over all local devices -- and times it on one fixed
+2e-4 with warmup, global-norm clipping at 1), the EMA, `train.step.make_train_step`
+and `dist.compile.compile_step` over all local devices -- and times it on one fixed
 random batch (no data loading):
 
 - ``tiny``: a 28x28x1 (MNIST-sized) UNet, ch=32, channel_mult=(1, 2, 2), two
@@ -71,9 +71,12 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from diffusion.core import losses  # noqa: E402
-from diffusion.dist import parallel  # noqa: E402
+from diffusion import models  # noqa: E402
+from diffusion.dist import compile as compile_lib  # noqa: E402
+from diffusion.dist import placement  # noqa: E402
 from diffusion.core import schedules  # noqa: E402
 from diffusion.train import state as train_state  # noqa: E402
+from diffusion.train import step as train_step  # noqa: E402
 from diffusion.models import unet as unet_lib  # noqa: E402
 
 # Model configs: image shape (H, W, C), UNet fields, default batch on CPU.
@@ -168,7 +171,7 @@ def bench_one(name: str, batch_size: int, steps: int, warmup: int, mode: str,
     raise SystemExit(f"--batch {batch_size} is not divisible by the {n} local devices")
 
   model = unet_lib.UNet(**spec["model"], image_size=h, in_channels=c,
-                        dtype=parallel.compute_dtype(precision))
+                        dtype=models.compute_dtype(precision))
   sched = schedules.get("linear", num_steps=1000)
 
   def model_fn(params, x, t, rng):
@@ -185,8 +188,8 @@ def bench_one(name: str, batch_size: int, steps: int, warmup: int, mode: str,
   state = train_state.create(jax.random.PRNGKey(0), init, tx)
   num_params = unet_lib.param_count(state.params)
 
-  step = parallel.compile_step(parallel.make_train_step(loss_fn, tx, config), mode=mode,
-                               mesh=parallel.make_mesh(devices))
+  step = compile_lib.compile_step(train_step.make_train_step(loss_fn, tx, config), mode=mode,
+                                  mesh=placement.make_mesh(devices))
   images = np.random.default_rng(0).uniform(-1.0, 1.0, (batch_size, h, w, c))
   batch = step.shard_batch({"image": images.astype(np.float32)})
   state = step.replicate(state)
@@ -202,7 +205,7 @@ def bench_one(name: str, batch_size: int, steps: int, warmup: int, mode: str,
   state, metrics = step(state, batch)
   jax.block_until_ready((state, metrics))
   t3 = time.perf_counter()
-  parallel.check_finite(metrics, 0)
+  train_step.check_finite(metrics, 0)
 
   for _ in range(warmup):
     state, metrics = step(state, batch)
@@ -213,7 +216,7 @@ def bench_one(name: str, batch_size: int, steps: int, warmup: int, mode: str,
     state, metrics = step(state, batch)
     jax.block_until_ready((state, metrics))
     times.append(time.perf_counter() - s0)
-  parallel.check_finite(metrics, 1 + warmup + steps - 1)
+  train_step.check_finite(metrics, 1 + warmup + steps - 1)
   step_s = statistics.median(times)
 
   flops_device = flops_of(executable)  # one device's program
@@ -325,8 +328,8 @@ def main(argv=None) -> int:
   p.add_argument("--steps", type=int, default=None,
                  help="timed steps (default 10 on CPU, 50 on an accelerator)")
   p.add_argument("--warmup", type=int, default=1, help="untimed steps after the first call")
-  p.add_argument("--mode", choices=parallel.MODES, default="jit")
-  p.add_argument("--precision", choices=tuple(parallel.DTYPES), default="float32")
+  p.add_argument("--mode", choices=placement.MODES, default="jit")
+  p.add_argument("--precision", choices=tuple(models.PRECISIONS), default="float32")
   p.add_argument("--json", default="", help="write the results to this JSON file")
   args = p.parse_args(argv)
 

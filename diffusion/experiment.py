@@ -26,7 +26,9 @@ from jax.sharding import SingleDeviceSharding
 from diffusion.core import grids, losses, processes, schedules, sdes
 from diffusion.core.denoiser import Denoiser
 from diffusion.core.samplers import registry
-from diffusion.dist import parallel
+from diffusion.dist import compile as compile_lib
+from diffusion import models
+from diffusion.dist import placement
 from diffusion.models import get_model
 from diffusion.train import state as ts
 
@@ -84,8 +86,8 @@ def validate_config(config) -> None:
   _choice(d.weighting, losses.DISCRETE_WEIGHTINGS if discrete else
           losses.CONTINUOUS_WEIGHTINGS, "diffusion.weighting")
   check_sampler(config, noise_process(config))
-  _choice(tc.parallel, parallel.MODES, "train.parallel")
-  _choice(tc.precision, tuple(parallel.DTYPES), "train.precision")
+  _choice(tc.parallel, compile_lib.MODES, "train.parallel")
+  _choice(tc.precision, tuple(models.PRECISIONS), "train.precision")
   k = tc.steps_per_call
   if k < 1:
     raise ValueError(f"config.train.steps_per_call={k} must be >= 1")
@@ -116,7 +118,7 @@ def build_model(config) -> nn.Module:
   fields = {k: v for k, v in config.model.items() if k != "name"}
   return get_model(config.model.name, **fields, image_size=config.data.image_size,
                    in_channels=config.data.channels,
-                   dtype=parallel.compute_dtype(config.train.precision))
+                   dtype=models.compute_dtype(config.train.precision))
 
 
 def noise_process(config):
@@ -228,5 +230,5 @@ def restore_ema_params(exp: Experiment, ckpt, step: int | None, mesh):
   step = ckpt.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first")
-  state, _ = ckpt.restore(step, exp.abstract_state(parallel.replicated(mesh)))
+  state, _ = ckpt.restore(step, exp.abstract_state(placement.replicated(mesh)))
   return state.ema_params, int(step)

@@ -13,7 +13,7 @@ variant syntax `key=value,...` is `configs.default.apply_variant`'s), and
 Multi-host: `--coordinator_address`, `--num_processes` and `--process_id`
 start `jax.distributed` explicitly (`launch.sh multiprocess` on one machine);
 without them it starts when the environment names a cluster
-(`parallel.initialize_distributed`: a TPU pod, SLURM, JAX_COORDINATOR_ADDRESS
+(`cluster.initialize_distributed`: a TPU pod, SLURM, JAX_COORDINATOR_ADDRESS
 or DIFFUSION_DISTRIBUTED=1), before anything touches JAX's devices.
 `--mode sample` writes N samples (.npz), a grid (.png) and the reverse
 process (.gif) from a checkpoint; `--mode eval` writes FID / KID / IS per
@@ -34,7 +34,7 @@ from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from diffusion.modes import eval as eval_mode  # noqa: E402
-from diffusion.dist import parallel  # noqa: E402
+from diffusion.dist import cluster  # noqa: E402
 from diffusion.modes import sample as sample_mode  # noqa: E402
 from diffusion.modes import train  # noqa: E402
 
@@ -59,7 +59,7 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  parallel.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+  cluster.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                                   heartbeat_timeout_seconds=_HEARTBEAT.value)
   config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
   if mode == "train":

@@ -19,8 +19,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffusion.dist import parallel
+from diffusion.dist import compile as compile_lib
+from diffusion.dist import placement
 from diffusion.train import state as ts
+from diffusion.train import step as train_step
 
 IN, OUT, HIDDEN = 4, 2, 8
 GLOBAL_BATCH = 8
@@ -79,8 +81,8 @@ def run(mode, mesh, data, steps_per_call=1, compiled=None):
   config = get_config()
   tx = ts.make_optimizer(config)
   if compiled is None:
-    step_fn = parallel.make_train_step(loss_fn, tx, config)
-    compiled = parallel.compile_step(step_fn, mode, mesh, steps_per_call=steps_per_call)
+    step_fn = train_step.make_train_step(loss_fn, tx, config)
+    compiled = compile_lib.compile_step(step_fn, mode, mesh, steps_per_call=steps_per_call)
   state = compiled.replicate(init_state(tx))
   metrics = []
   if steps_per_call == 1:
@@ -98,8 +100,8 @@ def run(mode, mesh, data, steps_per_call=1, compiled=None):
 def main(out_path):
   assert jax.device_count() == 4, jax.devices()
   devices = jax.devices()
-  mesh4 = parallel.make_mesh(devices)
-  mesh1 = parallel.make_mesh(devices[:1])
+  mesh4 = placement.make_mesh(devices)
+  mesh1 = placement.make_mesh(devices[:1])
   data = batches()
   out = {}
   compiled = {}

@@ -7,9 +7,11 @@ import numpy as np
 from sklearn.datasets import load_digits
 
 from diffusion.core import losses
-from diffusion.dist import parallel
+from diffusion.dist import compile as compile_lib
+from diffusion.dist import placement
 from diffusion.core import schedules
 from diffusion.train import state as train_state
+from diffusion.train import step as train_step
 from diffusion.models import UNet
 
 
@@ -41,13 +43,13 @@ def test_200_steps_on_a_fixed_digits_batch_halve_the_eps_loss():
   # so the loss is the mean of eps^2 over 32 * 64 draws: 1 +- 3 * sqrt(2/2048) = 1 +- 0.094.
   assert abs(loss0 - 1.0) < 0.094
 
-  step = parallel.compile_step(parallel.make_train_step(loss_fn, tx, config), mode="jit",
-                               mesh=parallel.make_mesh(jax.devices()[:1]))
+  step = compile_lib.compile_step(train_step.make_train_step(loss_fn, tx, config), mode="jit",
+                                  mesh=placement.make_mesh(jax.devices()[:1]))
   state = step.replicate(state)
   sharded = step.shard_batch(batch)
   for _ in range(200):
     state, metrics = step(state, sharded)
-  parallel.check_finite(metrics, 199)
+  train_step.check_finite(metrics, 199)
   state = step.unreplicate(state)
   loss200 = float(evaluate(state.params))
   assert loss200 < 0.5 * loss0, (loss0, loss200)

@@ -41,7 +41,8 @@ import pytest
 
 from configs import smoke
 from diffusion.run import checkpoint
-from diffusion.dist import parallel
+from diffusion.dist import cluster
+from diffusion.dist import placement
 from diffusion.run import sinks
 import tiny_classifier
 
@@ -316,15 +317,15 @@ def test_initialize_distributed_only_when_asked(monkeypatch):
   calls = []
   monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
   monkeypatch.setattr(jax.config, "update", lambda *a: calls.append(a))
-  assert not parallel.initialize_distributed(environ={})
-  assert not parallel.initialize_distributed(environ={"SLURM_NTASKS": "1", "SLURM_JOB_ID": "7"})
-  assert not parallel.initialize_distributed(environ={"TPU_WORKER_HOSTNAMES": "localhost"})
+  assert not cluster.initialize_distributed(environ={})
+  assert not cluster.initialize_distributed(environ={"SLURM_NTASKS": "1", "SLURM_JOB_ID": "7"})
+  assert not cluster.initialize_distributed(environ={"TPU_WORKER_HOSTNAMES": "localhost"})
   assert calls == []
   with pytest.raises(ValueError, match="all of coordinator_address"):
-    parallel.initialize_distributed("127.0.0.1:1234", environ={})
+    cluster.initialize_distributed("127.0.0.1:1234", environ={})
   with pytest.raises(ValueError, match="process_id=2"):
-    parallel.initialize_distributed("127.0.0.1:1234", 2, 2, environ={})
-  assert parallel.initialize_distributed("127.0.0.1:1234", 2, 1, heartbeat_timeout_seconds=7,
+    cluster.initialize_distributed("127.0.0.1:1234", 2, 2, environ={})
+  assert cluster.initialize_distributed("127.0.0.1:1234", 2, 1, heartbeat_timeout_seconds=7,
                                          environ={})
   assert calls[0] == ("jax_cpu_collectives_implementation", "gloo")
   assert calls[1][0] == ("127.0.0.1:1234", 2, 1)
@@ -333,7 +334,7 @@ def test_initialize_distributed_only_when_asked(monkeypatch):
                   {"SLURM_NTASKS": "4", "SLURM_JOB_ID": "7"},
                   {"TPU_WORKER_HOSTNAMES": "w0,w1,w2,w3"}):
     calls.clear()
-    assert parallel.initialize_distributed(environ=environ), environ
+    assert cluster.initialize_distributed(environ=environ), environ
     assert calls[1][0] == (None, None, None)  # JAX detects the cluster itself.
 
 
@@ -344,5 +345,5 @@ def test_pmap_is_refused_across_processes():
 
   mesh = type("M", (), {"devices": np.array([FakeDevice(0), FakeDevice(1)], object)})()
   with pytest.raises(ValueError, match="train.parallel='jit' for multi-host"):
-    parallel._check_multiprocess(mesh, "pmap")
-  parallel._check_multiprocess(mesh, "jit")
+    placement._check_multiprocess(mesh, "pmap")
+  placement._check_multiprocess(mesh, "jit")

@@ -1,4 +1,4 @@
-"""Tests of diffusion.parallel and diffusion.train_state.
+"""Tests of diffusion.train.step, diffusion.dist and diffusion.train.state.
 
 Multi-device numbers come from tests/_parallel_worker.py, run once in a
 subprocess with 4 fake CPU devices (the flag must precede JAX's start). The
@@ -18,8 +18,11 @@ import numpy as np
 import optax
 import pytest
 
-from diffusion.dist import parallel
+from diffusion import models
+from diffusion.dist import compile as compile_lib
+from diffusion.dist import placement
 from diffusion.train import state as ts
+from diffusion.train import step as train_step
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location(
@@ -140,14 +143,65 @@ def _nan_batch(b):
   return b
 
 
+def _run_steps(step_fn, state, data, place=lambda b: b):
+  """`step_fn` over `data` from `state`: (final state, metrics stacked ``[steps]``)."""
+  metrics = []
+  for b in data:
+    state, m = step_fn(state, place(b))
+    metrics.append(jax.device_get(m))
+  return state, {k: np.stack([m[k] for m in metrics]) for k in metrics[0]}
+
+
+@pytest.mark.parametrize("mode", ["jit", "pmap"])
+def test_step_without_axis_is_a_plain_function_equal_to_the_compiled_step(mode):
+  config = worker.get_config()
+  tx = ts.make_optimizer(config)
+  compiled = compile_lib.compile_step(train_step.make_train_step(worker.loss_fn, tx, config),
+                                      mode, placement.make_mesh(jax.devices()[:1]), donate=False)
+  want, want_m = _run_steps(compiled, compiled.replicate(worker.init_state(tx)),
+                            worker.batches(), compiled.shard_batch)
+  want = compiled.unreplicate(want)
+  # axis_name=None: no mesh, no pmap / shard_map, host numpy batches, a state
+  # on no particular device. The device index is 0, as on a 1-device mesh.
+  plain = train_step.make_train_step(worker.loss_fn, tx, config, axis_name=None)
+  eager, eager_m = _run_steps(plain, worker.init_state(tx), worker.batches())
+  jitted, jitted_m = _run_steps(jax.jit(plain), worker.init_state(tx), worker.batches())
+  # Under jax.jit it is the compiled step's very program (a pmean over one
+  # device is the identity, axis_index is 0): bit-identical.
+  for field in ("params", "opt_state", "ema_params"):
+    np.testing.assert_array_equal(worker.flat(getattr(jitted, field)),
+                                  worker.flat(getattr(want, field)))
+  for key in want_m:
+    np.testing.assert_array_equal(jitted_m[key], want_m[key])
+  # Called eagerly, op by op, XLA does not fuse, so float32 sums (the loss's
+  # mean, the grads' sums over 8 rows, the global norm) may round in another
+  # order: a few ulp, ~1e-7 relative, of O(1) losses and grads (measured: one
+  # ulp of grad_norm at step 3, 3e-8 in params). AdamW's direction m/sqrt(v)
+  # is scale-free, so that moves each update by ~1e-7 * lr (1e-2); rounding
+  # p - lr * d can then land one ulp of |p| (|p| < 2: ulp <= 1.2e-7) away per
+  # step, and Adam's moments and the EMA inherit the same few ulp of O(1)
+  # values: over 3 steps < 3 * (1.2e-7 + 1e-9) < 1e-6.
+  for field in ("params", "opt_state", "ema_params"):
+    np.testing.assert_allclose(worker.flat(getattr(eager, field)),
+                               worker.flat(getattr(want, field)), rtol=0, atol=1e-6)
+  assert int(eager.step) == int(want.step) == worker.NUM_STEPS
+  # The key is fold_in(fold_in(rng, step), 0) in both: "u" (exact bit
+  # operations on the key, no rounding) is equal bit for bit.
+  np.testing.assert_array_equal(eager_m["u"], want_m["u"])
+  for key in ("loss", "grad_norm", "lr", "finite"):
+    np.testing.assert_allclose(eager_m[key], want_m[key], rtol=1e-6)
+  assert not np.allclose(worker.flat(eager.params), worker.flat(worker.init_state(tx).params),
+                         atol=1e-3)  # the params did move: not an untouched state
+
+
 def test_non_finite_step_is_skipped_and_reported():
   config = worker.get_config()
   config.unlock()
   config.ema = dict(decay=0.5, start_step=1)  # step 0: copy; later: 0.5.
   tx = ts.make_optimizer(config)
-  mesh = parallel.make_mesh(jax.devices()[:1])
-  step = parallel.compile_step(parallel.make_train_step(worker.loss_fn, tx, config),
-                               "jit", mesh, donate=False)
+  mesh = placement.make_mesh(jax.devices()[:1])
+  step = compile_lib.compile_step(train_step.make_train_step(worker.loss_fn, tx, config),
+                                  "jit", mesh, donate=False)
   b0, b1, b2 = worker.batches()
   s0 = step.replicate(worker.init_state(tx))
   s1, m1 = step(s0, step.shard_batch(b0))
@@ -158,9 +212,9 @@ def test_non_finite_step_is_skipped_and_reported():
   for field in ("params", "opt_state", "ema_params"):
     np.testing.assert_array_equal(worker.flat(getattr(s2, field)), worker.flat(getattr(s1, field)))
   assert int(s2.step) == 2 and int(s3.step) == 3
-  parallel.check_finite(m1, step=0)  # finite: no error
-  with pytest.raises(parallel.NonFiniteError, match=r"loss.* at step 1\b") as err:
-    parallel.check_finite(m2, step=1)
+  train_step.check_finite(m1, step=0)  # finite: no error
+  with pytest.raises(train_step.NonFiniteError, match=r"loss.* at step 1\b") as err:
+    train_step.check_finite(m2, step=1)
   assert err.value.step == 1 and err.value.metric == "loss"
   # EMA through the step: decay(0) = 0 copies params; decay(2) = 0.5, and the
   # skipped step 1 left it alone. 0.5-scaling is exact in float32, the sum
@@ -174,15 +228,15 @@ def test_non_finite_step_is_skipped_and_reported():
 def test_non_finite_inside_steps_per_call_names_the_step():
   config = worker.get_config()
   tx = ts.make_optimizer(config)
-  mesh = parallel.make_mesh(jax.devices()[:1])
-  step = parallel.compile_step(parallel.make_train_step(worker.loss_fn, tx, config),
-                               "pmap", mesh, steps_per_call=3)
+  mesh = placement.make_mesh(jax.devices()[:1])
+  step = compile_lib.compile_step(train_step.make_train_step(worker.loss_fn, tx, config),
+                                  "pmap", mesh, steps_per_call=3)
   b0, b1, b2 = worker.batches()
   stacked = jax.tree.map(lambda *xs: np.stack(xs), b0, _nan_batch(b1), b2)
   state, metrics = step(step.replicate(worker.init_state(tx)), step.shard_batch(stacked))
   np.testing.assert_array_equal(metrics["finite"], [1.0, 0.0, 1.0])
-  with pytest.raises(parallel.NonFiniteError, match=r"at step 11\b") as err:
-    parallel.check_finite(metrics, step=10)  # the call started at step 10
+  with pytest.raises(train_step.NonFiniteError, match=r"at step 11\b") as err:
+    train_step.check_finite(metrics, step=10)  # the call started at step 10
   assert err.value.step == 11
   assert np.all(np.isfinite(worker.flat(step.unreplicate(state).params)))
 
@@ -190,21 +244,21 @@ def test_non_finite_inside_steps_per_call_names_the_step():
 def test_check_finite_names_grad_norm():
   metrics = {"finite": np.array([1.0, 1.0, 0.0]), "loss": np.array([1.0, 2.0, 3.0]),
              "grad_norm": np.array([1.0, 2.0, np.inf])}
-  with pytest.raises(parallel.NonFiniteError, match=r"grad_norm at step 7\b") as err:
-    parallel.check_finite(metrics, step=5)
+  with pytest.raises(train_step.NonFiniteError, match=r"grad_norm at step 7\b") as err:
+    train_step.check_finite(metrics, step=5)
   assert (err.value.step, err.value.metric) == (7, "grad_norm")
 
 
 def test_compute_dtype():
-  assert parallel.compute_dtype("bfloat16") == jnp.bfloat16
-  assert parallel.compute_dtype("float32") == jnp.float32
+  assert models.compute_dtype("bfloat16") == jnp.bfloat16
+  assert models.compute_dtype("float32") == jnp.float32
   with pytest.raises(ValueError, match="float32, bfloat16"):
-    parallel.compute_dtype("fp16")
+    models.compute_dtype("fp16")
 
 
 def test_bad_mode_raises():
   with pytest.raises(ValueError, match="pmap, jit"):
-    parallel.compile_step(lambda s, b: (s, {}), mode="pjit")
+    compile_lib.compile_step(lambda s, b: (s, {}), mode="pjit")
 
 
 # --------------------------------------------------------------------------

@@ -260,11 +260,11 @@ def test_image_grid_layout():
 
 
 def test_non_finite_step_is_reported_with_its_number():
-  from diffusion.dist import parallel
+  from diffusion.train import step as train_step
   ok = {"finite": np.float32(1.0), "loss": np.float32(0.5), "grad_norm": np.float32(1.0)}
   bad = {"finite": np.float32(0.0), "loss": np.float32(np.nan), "grad_norm": np.float32(1.0)}
   assert train._host_metrics([(4, ok), (5, ok)])["loss"].tolist() == [0.5, 0.5]
-  with pytest.raises(parallel.NonFiniteError, match="non-finite loss at step 5") as e:
+  with pytest.raises(train_step.NonFiniteError, match="non-finite loss at step 5") as e:
     train._host_metrics([(4, ok), (5, bad), (6, ok)])
   assert e.value.step == 5
 

@@ -8,7 +8,8 @@ import numpy as np
 
 from diffusion.core import likelihood, processes
 from diffusion.data import iterator as data
-from diffusion.dist import cluster, parallel
+from diffusion.dist import cluster
+from diffusion.dist import placement
 from diffusion.eval.rounds import batch_size
 
 
@@ -31,7 +32,7 @@ def bits_per_dim(exp, params, rng, mesh=None) -> dict:
   dc.batch_size = batch_size(config, e.bpd_num, mesh)
   it = data.create(dc, seed=config.seed + 1, process_index=jax.process_index(),
                    process_count=jax.process_count())
-  shard = (lambda b: b) if mesh is None else (lambda b: parallel.shard_batch(b, mesh, "jit"))
+  shard = (lambda b: b) if mesh is None else (lambda b: placement.shard_batch(b, mesh, "jit"))
   levels = it.levels
   conditional = config.model.num_classes is not None
 
@@ -50,7 +51,7 @@ def bits_per_dim(exp, params, rng, mesh=None) -> dict:
     if c == 0:  # Compiled ahead; all processes compiled before the first collective.
       compiled = batch_bpd.lower(*args).compile()
       cluster.barrier("eval_bpd")
-    values.append(parallel.to_host(compiled(*args))[:e.bpd_num - done])
+    values.append(placement.to_host(compiled(*args))[:e.bpd_num - done])
     done, c = done + len(values[-1]), c + 1
   values = np.concatenate(values)
   method = ("ddpm_vlb: DDPM variational bound (total), discretised Gaussian decoder on the "

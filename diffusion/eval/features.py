@@ -9,7 +9,8 @@ import jax
 import numpy as np
 
 from diffusion.data import iterator as data
-from diffusion.dist import cluster, parallel
+from diffusion.dist import cluster
+from diffusion.dist import placement
 from diffusion.eval import classifier as classify
 from diffusion.eval import metrics
 from diffusion.run import console
@@ -84,7 +85,7 @@ def reference_stats(config, workdir: str, extract):
   stats, kept, done = None, [], 0
   while done < n:
     feats, _ = extract(next(it)["image"])
-    feats = parallel.gather_rows(feats)[:n - done]
+    feats = placement.gather_rows(feats)[:n - done]
     stats = (stats or metrics.FeatureStats(feats.shape[1])).update(feats)
     kept.append(feats[:max(0, e.kept_features - done)])
     done += len(feats)

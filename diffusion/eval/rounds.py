@@ -11,7 +11,8 @@ import jax
 import numpy as np
 
 from diffusion.data import iterator as data
-from diffusion.dist import cluster, parallel
+from diffusion.dist import cluster
+from diffusion.dist import placement
 from diffusion.eval import metrics
 from diffusion.sample import specs
 from diffusion.sample.fn import make_sample_fn
@@ -45,8 +46,8 @@ def score(config, local_chunks, n: int, bs: int, ref: Reference) -> tuple[dict, 
   stats, kept, logits = None, [], []
   for c, images in enumerate(local_chunks):
     feats, lg = ref.extract(np.clip(images, -1.0, 1.0))
-    feats = parallel.gather_rows(feats)[:n - c * bs]
-    lg = parallel.gather_rows(lg)[:n - c * bs]
+    feats = placement.gather_rows(feats)[:n - c * bs]
+    lg = placement.gather_rows(lg)[:n - c * bs]
     stats = (stats or metrics.FeatureStats(feats.shape[1])).update(feats)
     kept.append(feats[:max(0, e.kept_features - c * bs)])
     logits.append(np.asarray(lg, np.float32))
@@ -86,7 +87,7 @@ def sampler_round(exp, entry: specs.Entry, params, ref: Reference, mesh=None):
       t0 = time.perf_counter()
       x = compiled(params, jax.random.fold_in(key, c)).block_until_ready()
       timing["sample_s"] += time.perf_counter() - t0
-      yield parallel.local_rows(x)
+      yield placement.local_rows(x)
 
   scores, stats = score(exp.config, chunks(), n, bs, ref)
   s, sample_s = cfg.sample, timing["sample_s"]

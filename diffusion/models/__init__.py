@@ -1,14 +1,19 @@
 """Flax networks for diffusion models, looked up by name in `MODELS`.
 
-    model = get_model("unet", ch=64, channel_mult=(1, 2, 2))
+    model = get_model("unet", ch=64, channel_mult=(1, 2, 2), dtype=compute_dtype("bfloat16"))
+
+`PRECISIONS` names the dtypes a model may compute its activations in
+(``config.train.precision``); the parameters stay float32 in either.
 """
 from typing import Any
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from diffusion.models.unet import UNet
 
 MODELS = {"unet": UNet}
+PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def get_model(name: str, **kwargs: Any) -> nn.Module:
@@ -16,3 +21,10 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
   if name not in MODELS:
     raise ValueError(f"Unknown model {name!r}; valid names: {sorted(MODELS)}")
   return MODELS[name](**kwargs)
+
+
+def compute_dtype(name: str):
+  """Maps a precision name ("float32" | "bfloat16") to the activations' dtype."""
+  if name not in PRECISIONS:
+    raise ValueError(f"precision={name!r} is unknown; valid: {', '.join(PRECISIONS)}")
+  return PRECISIONS[name]

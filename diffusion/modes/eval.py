@@ -53,7 +53,7 @@ import jax
 
 from diffusion import experiment
 from diffusion.data import iterator as data
-from diffusion.dist import parallel
+from diffusion.dist import placement
 from diffusion.eval import cache, features, report, rounds
 from diffusion.eval.bpd import bits_per_dim
 from diffusion.run import checkpoint, console, resume
@@ -74,7 +74,7 @@ def check(config):
                      f"'' (no data row), {', '.join(data.SPLITS)}")
   if e.bpd and e.bpd_num < 1:
     raise ValueError(f"config.eval.bpd_num={e.bpd_num} must be >= 1 (or eval.bpd=False)")
-  mesh = parallel.make_mesh()  # Every device of every process shares each call.
+  mesh = placement.make_mesh()  # Every device of every process shares each call.
   if e.batch_size % mesh.devices.size:
     raise ValueError(f"config.eval.batch_size={e.batch_size} is not divisible by the "
                      f"{mesh.devices.size} devices that share every sampler call")

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 
 from diffusion import experiment
-from diffusion.dist import parallel
+from diffusion.dist import placement
 from diffusion.run import checkpoint, console, resume
 from diffusion.run.workdir import Workdir, save_npz
 from diffusion.sample.fn import make_sample_fn
@@ -47,7 +47,7 @@ def sample(config, workdir: str) -> str:
   # The params are replicated on every device of every process (several
   # processes restore collectively into global arrays); each sampler call is
   # split over all devices where they divide its batch, and process 0 writes.
-  mesh = parallel.make_mesh()
+  mesh = placement.make_mesh()
   with checkpoint.Checkpointer(Workdir(workdir).checkpoints_dir, None) as ckpt:
     params, step = experiment.restore_ema_params(exp, ckpt, s.checkpoint_step, mesh)
   n, grid_n = s.num_samples, min(s.num_samples, s.grid_size)
@@ -56,13 +56,13 @@ def sample(config, workdir: str) -> str:
   t0 = time.time()
   traj_fn = make_sample_fn(exp, num_samples=grid_n, return_trajectory=True, mesh=mesh)
   first, traj = traj_fn(params, jax.random.fold_in(exp.sample_key, 0))
-  first, traj_x = parallel.to_host(first), parallel.to_host(traj["x"])
+  first, traj_x = placement.to_host(first), placement.to_host(traj["x"])
   chunks = [first]
   if batch:
     chunk_fn = make_sample_fn(exp, num_samples=batch, mesh=mesh)
     calls = -(-(n - grid_n) // batch)
     for c in console.progress(range(1, 1 + calls), "sample", unit="call"):
-      chunks.append(parallel.to_host(chunk_fn(params, jax.random.fold_in(exp.sample_key, c))))
+      chunks.append(placement.to_host(chunk_fn(params, jax.random.fold_in(exp.sample_key, c))))
   images = np.clip(np.concatenate(chunks)[:n], -1.0, 1.0).astype(np.float32)
 
   out = {ext: Workdir(workdir).final_samples(step, ext) for ext in ("png", "npz", "gif")}

@@ -7,7 +7,7 @@ from the latest checkpoint, compile the step, then loop: log every
 at the end), sample a grid with the EMA parameters every ``sample_every`` (and
 at the end) to ``workdir/samples/step_XXXXXX.png`` (`sample.fn`).
 
-Several processes (multi-host, `parallel.initialize_distributed`): every
+Several processes (multi-host, `cluster.initialize_distributed`): every
 process runs this same loop on its slice of each global batch; the state is
 replicated on the global mesh; checkpoints are saved and restored by all
 processes together (Orbax); the sample grid is split over all devices of all
@@ -32,7 +32,10 @@ import numpy as np
 from diffusion import experiment
 from diffusion.run import checkpoint
 from diffusion.data import iterator as data
-from diffusion.dist import parallel
+from diffusion.dist import cluster
+from diffusion.dist import compile as compile_lib
+from diffusion.dist import placement
+from diffusion.train import step as train_step
 from diffusion.sample.fn import make_sample_fn
 from diffusion.viz import images as visualize
 from diffusion.run import console
@@ -43,7 +46,7 @@ from diffusion.train import state as ts
 
 
 def _save_grid(path: str, images) -> None:
-  images = parallel.to_host(images)  # A collective when the grid is split over processes.
+  images = placement.to_host(images)  # A collective when the grid is split over processes.
   if jax.process_index() == 0:
     visualize.save_png(path, visualize.image_grid(images))
 
@@ -68,8 +71,8 @@ def _host_metrics(pending) -> dict[str, np.ndarray]:
   """Fetches and checks ``[(first_step, metrics), ...]``; ``{name: [steps]}``."""
   out = {}
   for first_step, metrics in pending:
-    metrics = parallel.to_host(metrics)
-    parallel.check_finite(metrics, first_step)
+    metrics = placement.to_host(metrics)
+    train_step.check_finite(metrics, first_step)
     for name, value in metrics.items():
       out.setdefault(name, []).append(np.atleast_1d(np.asarray(value, np.float64)))
   return {name: np.concatenate(v) for name, v in out.items()}
@@ -78,12 +81,6 @@ def _host_metrics(pending) -> dict[str, np.ndarray]:
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def _any_process(flag: bool) -> bool:
-  """True if `flag` is set on any process (a collective with several processes)."""
-  if jax.process_count() == 1:
-    return flag
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-  return bool(np.any(multihost_utils.process_allgather(np.int32(flag))))
 
 
 @contextlib.contextmanager
@@ -96,7 +93,7 @@ def _stop_requests():
   cannot install handlers) nothing is installed.
 
   With several processes, signals arrive at different steps: the loop asks
-  `_any_process` each step, so that all stop (and save, collectively) at the
+  `cluster.any_process` each step, so that all stop (and save, collectively) at the
   same step.
   """
   stop: dict[str, str] = {}
@@ -128,7 +125,7 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
     The final `TrainState` (one copy, not replicated).
 
   Raises:
-    parallel.NonFiniteError: a step had a non-finite loss or gradient norm;
+    train_step.NonFiniteError: a step had a non-finite loss or gradient norm;
       training stopped, the checkpoints on disk are those of earlier steps.
   """
   exp = experiment.build(config)  # Validates the config first.
@@ -142,13 +139,13 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
   console.echo(f"model {config.model.name}: "
                f"{sum(p.size for p in jax.tree.leaves(abstract.params)):,} parameters")
 
-  # The mesh spans every device of every process (`parallel.make_mesh`). In
+  # The mesh spans every device of every process (`placement.make_mesh`). In
   # jit mode the restore target is replicated on it: with several processes,
   # Orbax restores (and saves) collectively, as global arrays.
-  mesh = parallel.make_mesh()
+  mesh = placement.make_mesh()
   target = abstract
   if tc.parallel == "jit":
-    target = exp.abstract_state(parallel.replicated(mesh))
+    target = exp.abstract_state(placement.replicated(mesh))
   ckpt = checkpoint.Checkpointer(Workdir(workdir).checkpoints_dir, tc.keep_checkpoints)
   start = ckpt.latest_step()
   if start is None:
@@ -159,14 +156,14 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
     if start % k:
       raise ValueError(f"checkpoint step {start} is not a multiple of "
                        f"config.train.steps_per_call={k}")
-  step = int(parallel.to_host(state.step))
+  step = int(placement.to_host(state.step))
   if step >= tc.num_steps:
     console.echo(f"nothing to do: checkpoint step {step} >= train.num_steps={tc.num_steps}")
     ckpt.close()
     return state
 
-  compiled = parallel.compile_step(
-      parallel.make_train_step(exp.loss_fn, exp.tx, config),
+  compiled = compile_lib.compile_step(
+      train_step.make_train_step(exp.loss_fn, exp.tx, config),
       tc.parallel, mesh, steps_per_call=k)
   # jit mode: each grid is split over all devices (where they divide it).
   sample_fn = make_sample_fn(exp, mesh=mesh if tc.parallel == "jit" else None)
@@ -194,7 +191,7 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
         log, save = _every(step, tc.log_every) or last, _every(step, tc.ckpt_every) or last
         grid = _every(step, tc.sample_every) or (last and tc.sample_every > 0)
         # Read the flag once: a signal arriving later in this iteration stops the next one.
-        preempted = _any_process(bool(stop)) and not last
+        preempted = cluster.any_process(bool(stop)) and not last
         if preempted:  # Save this step, skip the rest, stop.
           save, grid = True, False
         if not (log or save or grid):
@@ -226,14 +223,14 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
           console.echo(f"{reason}: stopped at step {step} of {tc.num_steps} and saved "
                        f"its checkpoint in {ckpt.directory}; run the same command to resume.")
           break
-  except parallel.NonFiniteError as e:
+  except train_step.NonFiniteError as e:
     ckpt.wait_until_finished()
     message = (f"training stopped: {e}. The last good checkpoint is step "
                f"{ckpt.latest_step()} in {ckpt.directory}.")
     console.echo(message)
-    raise parallel.NonFiniteError(e.step, e.metric, message) from e
+    raise train_step.NonFiniteError(e.step, e.metric, message) from e
   finally:
     bar.close()
     writer.close()
     ckpt.close()
-  return parallel.to_host(compiled.unreplicate(state))
+  return placement.to_host(compiled.unreplicate(state))

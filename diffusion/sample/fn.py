@@ -8,7 +8,7 @@ from typing import Callable
 import jax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from diffusion.dist import parallel
+from diffusion.dist import placement
 
 
 def batch_sharding(mesh, num_samples: int):
@@ -16,7 +16,7 @@ def batch_sharding(mesh, num_samples: int):
   (None when `mesh` is None or has one device, or the devices do not divide N)."""
   if mesh is None or mesh.devices.size == 1 or num_samples % mesh.devices.size:
     return None
-  return NamedSharding(mesh, P(parallel.AXIS))
+  return NamedSharding(mesh, P(placement.AXIS))
 
 
 def make_sample_fn(exp, section=None, *, num_samples: int | None = None,

@@ -57,7 +57,7 @@ class TrainState:
 
   Attributes:
     step: int32 ``[]``, the number of step-function calls so far (a skipped,
-      non-finite step counts too; see `parallel.make_train_step`).
+      non-finite step counts too; see `diffusion.train.step.make_train_step`).
     params: the model parameters (float32 leaves).
     ema_params: exponential moving average of `params`, same structure.
     opt_state: the optax state of `tx` for `params`.
