@@ -86,7 +86,7 @@ def validate_config(config) -> None:
   _choice(d.weighting, losses.DISCRETE_WEIGHTINGS if discrete else
           losses.CONTINUOUS_WEIGHTINGS, "diffusion.weighting")
   check_sampler(config, noise_process(config))
-  _choice(tc.parallel, compile_lib.MODES, "train.parallel")
+  _choice(tc.parallel, placement.MODES, "train.parallel")
   _choice(tc.precision, tuple(models.PRECISIONS), "train.precision")
   k = tc.steps_per_call
   if k < 1:

@@ -3,6 +3,7 @@ the variant syntax (`configs.default.apply_variant`) changes exactly the keys
 it names and rejects the rest with the list of valid keys; the family layers
 (`configs.families`) set keys of default.py with their types, and each layer
 of an experiment states only what differs from the layers below it."""
+import dataclasses
 import importlib
 import os
 import pathlib
@@ -16,7 +17,6 @@ from configs import default
 from configs import families
 from diffusion import experiment
 from diffusion.sample import specs as sampler_specs
-from diffusion.sample import fn as sampling
 from diffusion.core import sdes
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -86,8 +86,7 @@ def test_config_loads_locked_and_valid(name):
 @pytest.mark.parametrize("name", sorted(PARAMS))
 def test_model_builds_with_stated_parameter_count(name):
   config = _get(name)
-  create_fn, _ = experiment.state_fns(config, experiment.build_model(config))
-  state = jax.eval_shape(create_fn, jax.random.PRNGKey(0))
+  state = experiment.build(config).abstract_state()
   assert sum(p.size for p in jax.tree.leaves(state.params)) == PARAMS[name]
 
 
@@ -134,8 +133,14 @@ def test_score_sde_configs():
   assert ve.model.embedding == "fourier" and ve.sample.num_steps == 1000
 
 
+def _denoiser(model, config):
+  """The experiment record's denoiser of `model` (a stand-in network) with no params."""
+  exp = experiment.build(config)
+  return dataclasses.replace(exp, model=model).denoiser({})
+
+
 def test_ve_network_is_given_sigma_not_t():
-  """With embedding="fourier" the UNet embeds log(input): make_apply_fn must feed sigma(t)."""
+  """With embedding="fourier" the UNet embeds log(input): the denoiser must feed sigma(t)."""
   config = _get("cifar10_ncsnpp_ve")
   process = experiment.noise_process(config)
   assert isinstance(process, sdes.VESDE)
@@ -147,10 +152,10 @@ def test_ve_network_is_given_sigma_not_t():
       return x
 
   t = jnp.array([0.0, 0.5, 1.0])
-  experiment.make_apply_fn(Recorder(), config, process)({}, jnp.zeros((3, 2, 2, 3)), t)
+  _denoiser(Recorder(), config).output(jnp.zeros((3, 2, 2, 3)), t)
   np.testing.assert_allclose(seen["t"], [0.01, 0.01 * 5000 ** 0.5, 50.0], rtol=1e-5)
   vp = _get("cifar10_ddpmpp_vp")  # Sinusoidal: t itself (scaled inside the UNet).
-  experiment.make_apply_fn(Recorder(), vp, experiment.noise_process(vp))({}, jnp.zeros((3, 2, 2, 3)), t)
+  _denoiser(Recorder(), vp).output(jnp.zeros((3, 2, 2, 3)), t)
   np.testing.assert_array_equal(seen["t"], t)
   assert vp.model.time_scale == 999.0
 
@@ -199,7 +204,7 @@ def test_any_linear_discrete_model_takes_every_sampler():
   for method in ("euler_maruyama", "predictor_corrector", "probability_flow", "ddim"):
     experiment.validate_config(_get("cifar10_ddpm", f"sampler={method}"))
   config = _get("cifar10_ddpm", "sampler=euler_maruyama")
-  sde = sampling.sampler_process(config, experiment.noise_process(config))
+  _, _, sde = experiment.build(config).sampler()
   assert isinstance(sde, sdes.VPSDE)
   np.testing.assert_allclose([sde.beta_min, sde.beta_max], [0.1, 20.0], rtol=1e-5)
   with pytest.raises(ValueError, match="diffusion.schedule='cosine'.*ddpm, ddim"):

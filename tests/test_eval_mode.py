@@ -22,7 +22,7 @@ from diffusion.run import checkpoint
 from diffusion.data import iterator as data
 from diffusion.modes import eval as eval_mode
 from diffusion.core import likelihood
-from diffusion.core import parameterization
+from diffusion.eval import features
 from diffusion.sample import specs as sampler_specs
 from diffusion.eval import metrics
 import tiny_classifier
@@ -62,7 +62,7 @@ def run(tmp_path_factory):
   rounds = workdir / "eval" / "rounds"
   mtimes = {p.name: p.stat().st_mtime_ns for p in rounds.glob("*.json")}
   results_first = json.loads((workdir / "eval" / "results.json").read_text())
-  (rounds / (eval_mode.spec_filename(SPECS[1]) + ".json")).unlink()
+  (rounds / (sampler_specs.spec_filename(SPECS[1]) + ".json")).unlink()
   second = _finish(_main(workdir, cache, "--mode=eval", flag, BASELINE))
   return {"workdir": workdir, "classifier": clf, "first": first, "second": second, "mtimes": mtimes,
           "results_first": results_first,
@@ -97,7 +97,7 @@ def test_fid_is_the_distance_of_the_saved_statistics(run):
   assert ref.count == 200
   assert metrics.fid(ref, ref) == pytest.approx(0.0, abs=1e-8)
   for r in run["results"]["rounds"]:
-    with np.load(ev / "rounds" / (eval_mode.spec_filename(r["spec"]) + "_stats.npz")) as f:
+    with np.load(ev / "rounds" / (sampler_specs.spec_filename(r["spec"]) + "_stats.npz")) as f:
       stats = metrics.FeatureStats.from_arrays(dict(f))
     assert stats.count == 20
     assert metrics.fid(stats, ref) == pytest.approx(r["fid"], rel=1e-9, abs=1e-12)
@@ -117,7 +117,7 @@ def test_data_row_scores_the_first_test_images(run):
   dc = config.data
   dc.update(split="test", dequantize=False, random_flip=False, batch_size=10)
   it = data.create(dc, seed=config.seed + 2)
-  feats, _ = eval_mode.make_extractor(config.eval)(
+  feats, _ = features.make_extractor(config.eval)(
       np.concatenate([next(it)["image"] for _ in range(2)]))
   expected = metrics.FeatureStats(feats.shape[1]).update(feats[:10]).update(feats[10:])
   ev = run["workdir"] / "eval"
@@ -132,7 +132,7 @@ def test_data_row_scores_the_first_test_images(run):
 
 
 def test_killed_eval_resumes_with_only_the_missing_round(run):
-  kept, redone = (eval_mode.spec_filename(s) + ".json" for s in SPECS)
+  kept, redone = (sampler_specs.spec_filename(s) + ".json" for s in SPECS)
   rounds = run["workdir"] / "eval" / "rounds"
   assert (rounds / kept).stat().st_mtime_ns == run["mtimes"][kept]
   assert (rounds / redone).stat().st_mtime_ns != run["mtimes"][redone]
@@ -156,14 +156,11 @@ def test_bits_per_dim_once_per_model(run):
   # key. Same program on the same inputs: equal to float32 rounding of the
   # mean of 8 values of ~1e1 (1e-6 relative).
   config = smoke.get_config()
-  model, process = experiment.build_model(config), experiment.noise_process(config)
-  create_fn, _ = experiment.state_fns(config, model)
-  state_key, sample_key = experiment.keys(config)
+  exp = experiment.build(config)
+  process, sample_key = exp.process, exp.sample_key
   with checkpoint.Checkpointer(run["workdir"] / "checkpoints") as ckpt:
-    state, _ = ckpt.restore(2, experiment.abstract_state(create_fn, state_key))
-  apply_fn = experiment.make_apply_fn(model, config, process)
-  eps_fn = parameterization.eps_fn_from_model(
-      lambda x, t: apply_fn(state.ema_params, x, t), "eps", process)
+    state, _ = ckpt.restore(2, exp.abstract_state())
+  eps_fn = exp.denoiser(state.ema_params).eps_fn()
   dc = config.data
   dc.update(split="test", dequantize=False, random_flip=False, batch_size=8)
   images = next(data.create(dc, seed=config.seed + 1))["image"]
@@ -199,7 +196,7 @@ def test_parse_sampler_spec():
     sampler_specs.parse_sampler_spec("ddim:steps")
   with pytest.raises(ValueError, match="given twice"):
     sampler_specs.parse_sampler_spec("ddim:steps=4,steps=5")
-  assert eval_mode.spec_filename("ddim:steps=50,eta=0") == "ddim_steps-50_eta-0"
+  assert sampler_specs.spec_filename("ddim:steps=50,eta=0") == "ddim_steps-50_eta-0"
   config = smoke.get_config()
   for spec, n in (("ddpm", 100), ("ddim:steps=7", 7), ("probability_flow:steps=10", 20),
                   ("probability_flow:ode_method=rk45", None),

@@ -31,7 +31,7 @@ import pytest
 from configs import smoke
 from diffusion import experiment
 from diffusion.run import checkpoint
-from diffusion.sample import fn as sampling
+from diffusion.modes import sample as sample_mode
 from diffusion.modes import train
 from diffusion.viz import images as visualize
 from diffusion.run import sinks
@@ -176,9 +176,9 @@ def test_discrete_model_samples_with_euler_maruyama(runs, tmp_path):
   shutil.copytree(runs["full"], workdir, ignore=shutil.ignore_patterns("samples"))
   config = smoke.get_config("sampler=euler_maruyama,steps=10")
   config.sample.gif_frames = 5
-  sde = sampling.sampler_process(config, experiment.noise_process(config))
+  _, _, sde = experiment.build(config).sampler()
   np.testing.assert_allclose([sde.beta_min, sde.beta_max], [0.01, 2.0], rtol=1e-5)
-  png = sampling.sample(config, str(workdir))
+  png = sample_mode.sample(config, str(workdir))
   with np.load(workdir / "samples" / "final_000006.npz") as f:
     images = f["images"]
   assert images.shape == (4, 8, 8, 1) and np.isfinite(images).all() and images.std() > 0.05
@@ -186,7 +186,7 @@ def test_discrete_model_samples_with_euler_maruyama(runs, tmp_path):
     assert gif.n_frames == 5 and gif.size == im.size
   config = smoke.get_config("schedule=cosine,sampler=euler_maruyama")
   with pytest.raises(ValueError, match="diffusion.schedule='cosine'"):
-    sampling.sample(config, str(workdir))
+    sample_mode.sample(config, str(workdir))
 
 
 def _wait_for_rows(workdir, n, proc, timeout=120.0):
