@@ -17,7 +17,7 @@ without them it starts when the environment names a cluster
 or DIFFUSION_DISTRIBUTED=1), before anything touches JAX's devices.
 `--mode sample` writes N samples (.npz), a grid (.png) and the reverse
 process (.gif) from a checkpoint; `--mode eval` writes FID / KID / IS per
-sampler of `config.eval.samplers` and bits/dim to workdir/eval/results.{json,md}
+sampler of `config.eval.samplers` / `config.eval.specs` and bits/dim to workdir/eval/results.{json,md}
 (`eval_mode`); SIGTERM / SIGINT during training save a checkpoint and exit 0
 (resume with the same command).
 """
@@ -70,5 +70,23 @@ def main(argv):
     eval_mode.evaluate(config, workdir)
 
 
+# Config keys users had that now have another name or shape: the flag prefix and
+# what to write instead (checked before absl parses, which would only say "unknown flag").
+RENAMED = {
+    "--config.eval.samplers=": "config.eval.samplers is now a dict of typed entries "
+    "(config.eval.samplers.<name> = dict(method=..., <option>=...) in a config file); pass "
+    "spec strings on the command line as --config.eval.specs=\"('ddim:steps=50,eta=0',)\"",
+}
+
+
+def check_renamed(argv) -> None:
+  """Exits with one line naming the new key for a renamed command-line key."""
+  for arg in argv[1:]:
+    for prefix, message in RENAMED.items():
+      if arg.startswith(prefix):
+        sys.exit(f"error: {arg.split('=')[0]}: {message}")
+
+
 if __name__ == "__main__":
+  check_renamed(sys.argv)
   app.run(main)

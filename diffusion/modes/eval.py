@@ -2,7 +2,7 @@
 
     python -m diffusion.main --config configs/digits_ddpm.py --workdir /tmp/digits --mode eval \
         --config.eval.features=classifier --config.eval.classifier_path=/tmp/clf \
-        --config.eval.samplers="('ddpm', 'ddim:steps=50,eta=0', 'ddim:steps=10,eta=1')"
+        --config.eval.specs="('ddpm', 'ddim:steps=50,eta=0', 'ddim:steps=10,eta=1')"
 
 On the EMA params of ``config.sample.checkpoint_step`` (None: the latest), for
 each entry of ``config.eval.samplers`` and ``config.eval.specs`` (`sample.specs.eval_samplers`;
@@ -118,10 +118,12 @@ def evaluate(config, workdir: str) -> dict:
       console.echo(f"eval: recomputing {name}: {path} is of another step, N or extractor")
     if ref is None:
       ref = rounds.Reference(extract, *features.reference_stats(config, workdir, extract))
-    console.echo(f"eval [{i + 1}/{len(todo)}]: {e.num_samples} images of {name}")
+    of = f"(round {i + 1} of {len(todo)})"
     if isinstance(entry, str):
+      console.echo(f"eval: scoring {e.num_samples} {e.baseline_split} images (the data row) {of}")
       row, stats = rounds.data_round(config, ref, mesh)
     else:
+      console.echo(f"eval: sampling {e.num_samples} images with {name} {of}")
       row, stats = rounds.sampler_round(exp, entry, params, ref, mesh)
     row.update(ident)
     if jax.process_index() == 0:

@@ -115,11 +115,60 @@ def _stop_requests():
       signal.signal(sig, old)
 
 
+class _Metrics:
+  """The host side of the loop's metrics: the device metrics not fetched yet,
+  their values since the last row, and the clock of steps/s (training time only)."""
+
+  def __init__(self, step: int):
+    self.pending, self.logged = [], {}
+    self.restart(step)
+
+  def restart(self, step: int) -> None:
+    self.t_log, self.steps_log = time.time(), step
+
+  def fetch(self) -> None:
+    """Fetches the pending metrics; raises `NonFiniteError` if a step was not finite."""
+    for name, values in _host_metrics(self.pending).items():
+      self.logged.setdefault(name, []).append(values)
+    self.pending = []
+
+  def row(self, step: int) -> dict:
+    """The row of `step`: means since the last row, the last lr, steps/s."""
+    now = time.time()
+    logged = self.logged
+    row = {n: float(np.mean(np.concatenate(v))) for n, v in logged.items() if n != "finite"}
+    row["lr"] = float(np.concatenate(logged["lr"])[-1]) if "lr" in logged else None
+    # The first row after a (re)start times the steps after the compiling one.
+    row["steps_per_sec"] = ((step - self.steps_log) / (now - self.t_log)
+                            if step > self.steps_log else None)
+    self.logged, self.t_log, self.steps_log = {}, now, step
+    return row
+
+
+def _restore_or_init(exp, ckpt, it, mesh):
+  """The latest checkpoint's state (the data iterator set to its position), or a
+  fresh one. In jit mode the restore target is replicated on the global mesh:
+  with several processes Orbax restores (and saves) collectively."""
+  k = exp.config.train.steps_per_call
+  start = ckpt.latest_step()
+  if start is None:
+    return exp.init_state()
+  sharding = placement.replicated(mesh) if exp.config.train.parallel == "jit" else None
+  state, data_state = ckpt.restore(start, exp.abstract_state(sharding))
+  it.set_state(data_state)
+  if start % k:
+    raise ValueError(f"checkpoint step {start} is not a multiple of "
+                     f"config.train.steps_per_call={k}")
+  return state
+
+
 def train_and_evaluate(config, workdir: str) -> ts.TrainState:
   """Trains (or resumes) the model of `config` in `workdir`; see the module doc.
 
   SIGTERM / SIGINT (preemption) finish the current step, save a checkpoint
   (with the data iterator's state) and return: resuming continues bit-for-bit.
+  One linear loop (flax / big_vision style): its ~90 lines read top to bottom, the
+  host-side metrics in `_Metrics` and the restore in `_restore_or_init`.
 
   Returns:
     The final `TrainState` (one copy, not replicated).
@@ -130,63 +179,44 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
   """
   exp = experiment.build(config)  # Validates the config first.
   resume.check_config(config, workdir, write=True)
-  tc = config.train
+  tc, wd = config.train, Workdir(workdir)
   k = tc.steps_per_call
-
   it = data.create(config.data, seed=config.seed, process_index=jax.process_index(),
                    process_count=jax.process_count())
-  abstract = exp.abstract_state()
   console.echo(f"model {config.model.name}: "
-               f"{sum(p.size for p in jax.tree.leaves(abstract.params)):,} parameters")
-
-  # The mesh spans every device of every process (`placement.make_mesh`). In
-  # jit mode the restore target is replicated on it: with several processes,
-  # Orbax restores (and saves) collectively, as global arrays.
-  mesh = placement.make_mesh()
-  target = abstract
-  if tc.parallel == "jit":
-    target = exp.abstract_state(placement.replicated(mesh))
-  ckpt = checkpoint.Checkpointer(Workdir(workdir).checkpoints_dir, tc.keep_checkpoints)
-  start = ckpt.latest_step()
-  if start is None:
-    state = exp.init_state()
-  else:
-    state, data_state = ckpt.restore(start, target)
-    it.set_state(data_state)
-    if start % k:
-      raise ValueError(f"checkpoint step {start} is not a multiple of "
-                       f"config.train.steps_per_call={k}")
+               f"{sum(p.size for p in jax.tree.leaves(exp.abstract_state().params)):,} parameters")
+  mesh = placement.make_mesh()  # Every device of every process.
+  ckpt = checkpoint.Checkpointer(wd.checkpoints_dir, tc.keep_checkpoints)
+  state = _restore_or_init(exp, ckpt, it, mesh)
   step = int(placement.to_host(state.step))
   if step >= tc.num_steps:
     console.echo(f"nothing to do: checkpoint step {step} >= train.num_steps={tc.num_steps}")
     ckpt.close()
     return state
 
-  compiled = compile_lib.compile_step(
-      train_step.make_train_step(exp.loss_fn, exp.tx, config),
-      tc.parallel, mesh, steps_per_call=k)
+  compiled = compile_lib.compile_step(train_step.make_train_step(exp.loss_fn, exp.tx, config),
+                                      tc.parallel, mesh, steps_per_call=k)
   # jit mode: each grid is split over all devices (where they divide it).
   sample_fn = make_sample_fn(exp, mesh=mesh if tc.parallel == "jit" else None)
   state = compiled.replicate(state)
   writer = sinks.MetricWriter(workdir, config, start_step=step)
   bar = console.ProgressBar(step, tc.num_steps)
-  Workdir(workdir).samples_dir.mkdir(parents=True, exist_ok=True)
+  wd.samples_dir.mkdir(parents=True, exist_ok=True)
   console.echo(f"training from step {step} to {tc.num_steps} in {workdir}")
 
-  pending, logged, t_log, steps_log, compiling = [], {}, time.time(), step, True
+  clock, compiling = _Metrics(step), True
   try:
     with _stop_requests() as stop:
       while step < tc.num_steps:
-        batch = compiled.shard_batch(_next_batch(it, k))
-        state, metrics = compiled(state, batch)
-        pending.append((step, metrics))
+        state, metrics = compiled(state, compiled.shard_batch(_next_batch(it, k)))
+        clock.pending.append((step, metrics))
         step += k
         bar.update(k)
         if compiling:  # The first call compiled the step: time the rest.
           compiling = False
           jax.block_until_ready(metrics)
-          console.echo(f"compiled and ran the first train step in {time.time() - t_log:.1f}s")
-          t_log, steps_log = time.time(), step
+          console.echo(f"compiled and ran the first train step in {time.time() - clock.t_log:.1f}s")
+          clock.restart(step)
         last = step == tc.num_steps
         log, save = _every(step, tc.log_every) or last, _every(step, tc.ckpt_every) or last
         grid = _every(step, tc.sample_every) or (last and tc.sample_every > 0)
@@ -196,26 +226,19 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
           save, grid = True, False
         if not (log or save or grid):
           continue
-        for name, values in _host_metrics(pending).items():  # Raises if non-finite.
-          logged.setdefault(name, []).append(values)
-        pending = []
+        clock.fetch()  # Raises if non-finite.
         if log:
-          now = time.time()
-          row = {n: float(np.mean(np.concatenate(v))) for n, v in logged.items() if n != "finite"}
-          row["lr"] = float(np.concatenate(logged["lr"])[-1]) if "lr" in logged else None
-          # The first row after a (re)start times the steps after the compiling one.
-          row["steps_per_sec"] = (step - steps_log) / (now - t_log) if step > steps_log else None
+          row = clock.row(step)
           writer.write(step, row)
           bar.update(0, {"loss": row["loss"], "steps/s": row["steps_per_sec"]})
-          logged, t_log, steps_log = {}, now, step
         if save:
           ckpt.save(step, compiled.unreplicate(state), it.get_state())
         if grid:
-          t0, path = time.time(), Workdir(workdir).sample_grid(step)
+          t0, path = time.time(), wd.sample_grid(step)
           _save_grid(path, sample_fn(compiled.unreplicate(state).ema_params, exp.sample_key))
           writer.write_image(step, "samples", path)
           console.echo(f"step {step}: wrote {path} ({time.time() - t0:.1f}s)")
-          t_log += time.time() - t0  # steps_per_sec counts training time only.
+          clock.t_log += time.time() - t0  # steps_per_sec counts training time only.
         if preempted:
           ckpt.wait_until_finished()
           # With several processes, only some may have received the signal.
