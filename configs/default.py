@@ -23,6 +23,7 @@ from typing import Mapping
 import ml_collections
 from ml_collections import config_dict
 
+from diffusion.core import checks
 from diffusion.core.samplers import registry
 
 # Short variant keys -> dotted config keys (the default `allowed` of apply_variant).
@@ -43,21 +44,12 @@ VARIANT_KEYS = {
     "seed": "seed",
 }
 
-_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
-
-
 def _convert(text: str, kind: type, key: str):
   """`text` as the type `kind` of config key `key`; ValueError names both."""
   try:
-    if kind is bool:
-      if text.lower() not in _TRUE + _FALSE:
-        raise ValueError(f"expected one of {_TRUE + _FALSE}")
-      return text.lower() in _TRUE
-    if kind in (int, float, str):
-      return kind(text)
+    return checks.parse_value(text, kind)
   except ValueError as e:
-    raise ValueError(f"variant value {text!r} for {key} is not a {kind.__name__}: {e}") from None
-  raise ValueError(f"variant key {key} has type {kind.__name__}, which variants cannot set")
+    raise ValueError(f"variant value {text!r} for {key} {e}") from None
 
 
 def apply_variant(config: ml_collections.ConfigDict, arg: str | None,
@@ -255,7 +247,7 @@ def get_config(arg=None):
   ev.samplers = ml_collections.ConfigDict()
   # The same as spec strings "name[:key=value,...]" (command-line shorthand),
   # e.g. "ddpm", "ddim:steps=50,eta=0", "probability_flow:steps=100,ode_method=heun";
-  # keys are the options' fields or the short steps / clip (diffusion/sample/specs.py).
+  # keys are the options' fields or the short steps / clip (diffusion/eval/entries.py).
   # Both empty: the sampler of config.sample.
   ev.specs = ()
   ev.num_samples = 50_000  # Samples per sampler (N).

@@ -6,6 +6,7 @@
     exp.loss_fn(params, batch, rng)       # for train.step.make_train_step
     exp.create_state(rng), exp.tx         # TrainState factory and optimizer
     exp.sampler(sample_section)           # (record, options, process it runs on)
+    exp.sample_fn(section, num_samples=N)  # jitted sample_fn(params, rng) of a sampler
     exp.cond(n)                           # labels 0..n-1 cycled (class-conditional) or None
     exp.abstract_state(sharding), exp.init_state()
 
@@ -21,12 +22,11 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.sharding import SingleDeviceSharding
+from jax.sharding import NamedSharding, PartitionSpec as P, SingleDeviceSharding
 
-from diffusion.core import grids, losses, processes, schedules, sdes
+from diffusion.core import checks, grids, losses, processes, schedules, sdes
 from diffusion.core.denoiser import Denoiser
 from diffusion.core.samplers import registry
-from diffusion.dist import compile as compile_lib
 from diffusion import models
 from diffusion.dist import placement
 from diffusion.models import get_model
@@ -41,8 +41,7 @@ DIFFUSION_TYPES = ("discrete", "continuous")
 
 
 def _choice(value, valid, key):
-  if value not in valid:
-    raise ValueError(f"config.{key}={value!r} is not valid; valid: {', '.join(valid)}")
+  checks.setting(value, valid, f"config.{key}")
 
 
 def check_sampler(config, process, section=None):
@@ -188,6 +187,49 @@ class Experiment:
     """``(record, options, process)`` of ``config.sample`` or another sample `section`."""
     return check_sampler(self.config, self.process, section)
 
+  def sample_fn(self, section=None, *, num_samples: int | None = None,
+                return_trajectory: bool = False, mesh=None) -> Callable:
+    """A jitted ``sample_fn(params, rng) -> x [N, H, W, C]`` (the sampler factory).
+
+    The sampler is ``config.sample``'s, or that of another sample `section` (an
+    eval entry's); the sampler record (`core.samplers.registry`) runs the
+    experiment's denoiser on the process its domain needs
+    (`core.processes.on_domain`). ``N = num_samples`` (default
+    ``config.sample.num_samples``); class-conditional models get labels
+    ``0..num_classes-1`` cycled. With `return_trajectory` it returns ``(x,
+    traj)`` as the samplers do (``traj["x"]`` ``[S, N, H, W, C]``; ValueError
+    if the sampler has none, e.g. rk45).
+
+    With a `mesh` whose devices divide N (`batch_sharding`), the N images are
+    split over all its devices (of all processes): every network input is
+    constrained to that batch sharding and so is the output, a global array
+    (`to_host` gathers it); `params` must then be replicated on the mesh and
+    every process must make the call. The noise is drawn by the same
+    counter-based threefry as without a mesh, so the samples do not depend on
+    how many devices or processes share them (up to float rounding).
+    """
+    config = self.config
+    record, options, process = self.sampler(section)
+    if return_trajectory and not record.traceable(options):
+      raise ValueError(f"sampler {record.name} with these options has no trajectory (e.g. "
+                       "ode_method='rk45'): use 'euler' or 'heun'")
+    n = config.sample.num_samples if num_samples is None else num_samples
+    shape = (n, config.data.image_size, config.data.image_size, config.data.channels)
+    cond = self.cond(n)
+    traj = {"return_trajectory": True} if return_trajectory else {}
+    sharding = batch_sharding(mesh, n)
+    split = (lambda x: x) if sharding is None else (
+        lambda x: jax.lax.with_sharding_constraint(x, sharding))
+
+    def sample_fn(params, rng):
+      out = record.run(self.denoiser(params, cond, shard=split), process, rng, shape, options,
+                       **traj)
+      if sharding is None:
+        return out
+      return (split(out[0]), out[1]) if return_trajectory else split(out)
+
+    return jax.jit(sample_fn)
+
   def create_state(self, rng) -> ts.TrainState:
     c = self.config.data
     x = jnp.zeros((1, c.image_size, c.image_size, c.channels), jnp.float32)
@@ -213,6 +255,14 @@ class Experiment:
     lowered = jax.jit(self.create_state).lower(self.state_key)
     options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
     return lowered.compile(options)(self.state_key)
+
+
+def batch_sharding(mesh, num_samples: int):
+  """The sharding of ``num_samples`` images split over every device of `mesh`
+  (None when `mesh` is None or has one device, or the devices do not divide N)."""
+  if mesh is None or mesh.devices.size == 1 or num_samples % mesh.devices.size:
+    return None
+  return NamedSharding(mesh, P(placement.AXIS))
 
 
 def build(config) -> Experiment:

@@ -22,7 +22,6 @@ from diffusion import experiment
 from diffusion.dist import placement
 from diffusion.modes import train
 from diffusion.run import checkpoint
-from diffusion.sample.fn import make_sample_fn
 
 FIXTURE = pathlib.Path(__file__).resolve().parent / "fixtures" / "workdir_v0"
 ATOL = 1e-5
@@ -82,7 +81,7 @@ def test_old_workdir_samples_what_the_old_code_sampled(name, restored, reference
   exp = experiment.build(config)
   params, step = restored[kind]
   assert step == 2
-  fn = make_sample_fn(exp, num_samples=4, return_trajectory=True)
+  fn = exp.sample_fn(num_samples=4, return_trajectory=True)
   x, _ = fn(params, jax.random.fold_in(exp.sample_key, 0))
   got = np.clip(np.asarray(x), -1.0, 1.0)
   np.testing.assert_allclose(got, references[name], atol=ATOL, rtol=0)

@@ -16,7 +16,7 @@ import pytest
 from configs import default
 from configs import families
 from diffusion import experiment
-from diffusion.sample import specs as sampler_specs
+from diffusion.eval import entries as sampler_specs
 from diffusion.core import sdes
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

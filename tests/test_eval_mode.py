@@ -23,7 +23,7 @@ from diffusion.data import iterator as data
 from diffusion.modes import eval as eval_mode
 from diffusion.core import likelihood
 from diffusion.eval import features
-from diffusion.sample import specs as sampler_specs
+from diffusion.eval import entries as sampler_specs
 from diffusion.eval import metrics
 import tiny_classifier
 

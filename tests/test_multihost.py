@@ -271,7 +271,7 @@ def test_eval_split_over_processes_equals_one_device(runs):
   batch and reference batch split four ways, features gathered) gives the
   numbers of 1 process with 1 device. The per-image arithmetic is the same,
   only on other batch shapes, so images agree to float32 rounding
-  (sampling.make_sample_fn on 4 devices vs 1: max |diff| 1.2e-7 at |x| <= 1,
+  (Experiment.sample_fn on 4 devices vs 1: max |diff| 1.2e-7 at |x| <= 1,
   one ulp) and so do the statistics; EVAL_RTOL allows 100x that."""
   root = runs["root"]
   assert "[0] eval: wrote" in runs["mp_eval_proc"].stdout

@@ -23,7 +23,7 @@ from diffusion.core import samplers
 from diffusion.core.samplers import registry
 from diffusion.dist import placement
 from diffusion.run import checkpoint
-from diffusion.sample import specs
+from diffusion.eval import entries as specs
 import tiny_classifier
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -167,3 +167,10 @@ def test_one_place_decides_the_domain():
     processes.on_domain(schedules.get("cosine", num_steps=100), "continuous")
   with pytest.raises(ValueError, match="integer steps.*VPSDE"):
     processes.on_domain(sdes.VPSDE(), "discrete")
+
+
+def test_the_old_eval_samplers_flag_names_the_new_key(capsys):
+  from diffusion import main  # pylint: disable=g-import-not-at-top
+  with pytest.raises(SystemExit, match=r"config.eval.samplers is now a dict.*--config.eval.specs"):
+    main.check_renamed(["main", "--config.eval.samplers=('ddpm',)"])
+  main.check_renamed(["main", "--config.eval.samplers.toy.scale=0.5"])  # A typed entry's key.

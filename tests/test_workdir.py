@@ -54,9 +54,9 @@ def test_gcs_layout_builds_paths_only():
 
 
 def test_bad_extension():
-  with pytest.raises(ValueError, match=r"ext='jpg' is unknown; valid: png, npz, gif"):
+  with pytest.raises(ValueError, match=r"ext='jpg' is not valid; valid: png, npz, gif"):
     Workdir("/w").final_samples(1, "jpg")
-  with pytest.raises(ValueError, match=r"ext='csv' is unknown; valid: json, md"):
+  with pytest.raises(ValueError, match=r"ext='csv' is not valid; valid: json, md"):
     Workdir("/w").results("csv")
 
 

@@ -14,6 +14,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from diffusion.core import checks
 from diffusion.core import parameterization
 from diffusion.core import schedules
 
@@ -26,9 +27,6 @@ CONTINUOUS_WEIGHTINGS = ("sigma2", "likelihood")
 _b = schedules.broadcast_to
 
 
-def _check(value, valid, name):
-  if value not in valid:
-    raise ValueError(f"unknown {name} {value!r}; valid: {list(valid)}")
 
 
 def _mean_except_batch(x):
@@ -60,8 +58,8 @@ def discrete_loss(
   ``v = sqrt(ab) eps - sqrt(1 - ab) x0``. ``weighting="min_snr"`` applies
   `min_snr_weight`. Metrics: ``loss`` and ``mse`` (unweighted).
   """
-  _check(prediction, DISCRETE_PREDICTIONS, "prediction")
-  _check(weighting, DISCRETE_WEIGHTINGS, "weighting")
+  checks.choice(prediction, DISCRETE_PREDICTIONS, "prediction")
+  checks.choice(weighting, DISCRETE_WEIGHTINGS, "weighting")
   x0 = batch["image"]
   t_key, n_key, m_key = jax.random.split(rng, 3)
   t = jax.random.randint(t_key, (x0.shape[0],), 0, sched.num_steps)
@@ -102,8 +100,8 @@ def continuous_loss(
   ("sigma2": equals the eps-MSE) or ``lambda = g(t)^2`` ("likelihood": makes
   the loss a bound on the negative log-likelihood, Song et al. 2021b).
   """
-  _check(prediction, CONTINUOUS_PREDICTIONS, "prediction")
-  _check(weighting, CONTINUOUS_WEIGHTINGS, "weighting")
+  checks.choice(prediction, CONTINUOUS_PREDICTIONS, "prediction")
+  checks.choice(weighting, CONTINUOUS_WEIGHTINGS, "weighting")
   x0 = batch["image"]
   t_key, n_key, m_key = jax.random.split(rng, 3)
   t = sample_time(t_key, x0.shape[0], eps, antithetic)

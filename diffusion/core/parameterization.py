@@ -21,7 +21,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from diffusion.core import schedules
+from diffusion.core import checks, schedules
 
 KINDS = ("eps", "x0", "v", "score")
 
@@ -29,8 +29,7 @@ _b = schedules.broadcast_to
 
 
 def _check_kind(kind: str, name: str = "parameterization") -> None:
-  if kind not in KINDS:
-    raise ValueError(f"unknown {name} {kind!r}; valid: {list(KINDS)}")
+  checks.choice(kind, KINDS, name)
 
 
 def to_eps(kind: str, out: jax.Array, x_t: jax.Array, alpha, sigma) -> jax.Array:

@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion.core import checks
+
 # --------------------------------------------------------------------------
 # Discrete schedules.
 # --------------------------------------------------------------------------
@@ -95,8 +97,7 @@ VARIANCES = ("beta", "beta_tilde")
 
 def variance_table(sched: DiscreteSchedule, variance: str) -> jax.Array:
   """The ``[T]`` table of reverse-step variances named `variance` (`VARIANCES`)."""
-  if variance not in VARIANCES:
-    raise ValueError(f"unknown variance {variance!r}; valid: {list(VARIANCES)}")
+  checks.choice(variance, VARIANCES, "variance")
   return sched.betas if variance == "beta" else sched.posterior_variances
 
 
@@ -164,12 +165,6 @@ def get(name: str, num_steps: int = 1000, **kwargs) -> DiscreteSchedule:
 # --------------------------------------------------------------------------
 
 
-def check_t(x: jax.Array, t, what: str = "t") -> None:
-  """Raises ValueError unless ``t`` is ``[B]`` for ``x`` ``[B, ...]`` (shared by core)."""
-  shape = getattr(t, "shape", None)
-  if shape is None or len(shape) != 1 or shape[0] != x.shape[0]:
-    raise ValueError(f"{what} must have shape [B] = [{x.shape[0]}] for x of shape {x.shape}; "
-                     f"got {shape}")
 
 
 def broadcast_to(values: jax.Array, x: jax.Array) -> jax.Array:
@@ -179,7 +174,7 @@ def broadcast_to(values: jax.Array, x: jax.Array) -> jax.Array:
 
 def signal_noise(sched: DiscreteSchedule, t: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
   """``(sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t))`` shaped ``[B, 1, ..]`` for ``x``."""
-  check_t(x, t)
+  checks.check_t(x, t)
   ab = broadcast_to(sched.alpha_bars[t], x)
   return jnp.sqrt(ab), jnp.sqrt(1.0 - ab)
 
@@ -203,7 +198,7 @@ def q_sample(sched: DiscreteSchedule, x0: jax.Array, t: jax.Array, noise: jax.Ar
 
 def q_step(sched: DiscreteSchedule, x_prev: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
   """One forward step ``q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I)``."""
-  check_t(x_prev, t)
+  checks.check_t(x_prev, t)
   b = broadcast_to(sched.betas[t], x_prev)
   return jnp.sqrt(1.0 - b) * x_prev + jnp.sqrt(b) * noise
 
@@ -218,7 +213,7 @@ def q_posterior(sched: DiscreteSchedule, x0: jax.Array, x_t: jax.Array, t: jax.A
   """
   if x0.shape != x_t.shape:
     raise ValueError(f"x0 shape {x0.shape} must equal x_t shape {x_t.shape}")
-  check_t(x_t, t)
+  checks.check_t(x_t, t)
   one_minus_ab = broadcast_to(sched.one_minus_alpha_bars[t], x_t)
   ab_prev = broadcast_to(sched.alpha_bars_prev[t], x_t)
   beta = broadcast_to(sched.betas[t], x_t)

@@ -19,7 +19,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from diffusion.core import schedules
+from diffusion.core import checks, schedules
 
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x [B, ...], t [B]) -> score [B, ...]
 
@@ -58,7 +58,7 @@ class _SDE:
 
   def marginal(self, x0: jax.Array, t: jax.Array) -> tuple[jax.Array, jax.Array]:
     """``(mean [B, ...], std [B, 1, ...])`` of ``p_t(x | x0)``."""
-    schedules.check_t(x0, t)
+    checks.check_t(x0, t)
     alpha, std = self.marginal_coeffs(t)
     return _b(alpha, x0) * x0, _b(std, x0)
 

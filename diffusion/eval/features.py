@@ -28,7 +28,7 @@ def make_extractor(e):
     if not path or not os.path.exists(os.path.join(path, "classifier.json")):
       raise FileNotFoundError(
           f"config.eval.classifier_path={path!r} holds no classifier (classifier.json): train "
-          "one with `python -m diffusion.classify` (diffusion.eval.classifier.train and .save)")
+          "one with `python -m diffusion.classify` (in code: diffusion.eval.classifier as classify: classify.train, then classify.save)")
     model, params, _ = classify.load(path)
     apply = jax.jit(lambda p, x: model.apply({"params": p}, x, method=type(model).features_and_logits))
     return _padded_batches(lambda x: apply(params, x), e.batch_size)

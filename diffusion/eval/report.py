@@ -5,7 +5,7 @@ import jax
 
 from diffusion.run import sinks
 from diffusion.run.workdir import Workdir, write_json
-from diffusion.sample.specs import spec_filename
+from diffusion.eval.entries import spec_filename
 
 
 def _fmt(v, scale=1.0, digits=2):

@@ -14,8 +14,7 @@ from diffusion.data import iterator as data
 from diffusion.dist import cluster
 from diffusion.dist import placement
 from diffusion.eval import metrics
-from diffusion.sample import specs
-from diffusion.sample.fn import make_sample_fn
+from diffusion.eval import entries as specs
 
 # config.sample keys that say how many images, not how they are sampled.
 _NOT_SETTINGS = ("num_samples", "batch_size", "grid_size", "gif_frames", "checkpoint_step")
@@ -75,7 +74,7 @@ def sampler_round(exp, entry: specs.Entry, params, ref: Reference, mesh=None):
   n = e.num_samples
   bs = batch_size(exp.config, n, mesh)
   key = jax.random.fold_in(exp.sample_key, zlib.crc32(entry.name.encode()) & 0x7FFFFFFF)
-  fn = make_sample_fn(exp, cfg.sample, num_samples=bs, mesh=mesh)
+  fn = exp.sample_fn(cfg.sample, num_samples=bs, mesh=mesh)
   t0 = time.perf_counter()
   compiled = fn.lower(params, key).compile()
   compile_s = time.perf_counter() - t0

@@ -234,6 +234,9 @@ class UNet(nn.Module):
                train: bool) -> Array:
     """Applies the network.
 
+    One method (~90 lines) that reads as the layout of the module docstring,
+    top to bottom: splitting it would scatter the skip stack it pushes and pops.
+
     Args:
       x: `[B, H, W, C]` float images (any H, W: padded internally, see module doc).
       t: `[B]` (or scalar, broadcast) int or float timesteps; for

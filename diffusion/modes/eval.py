@@ -5,7 +5,7 @@
         --config.eval.specs="('ddpm', 'ddim:steps=50,eta=0', 'ddim:steps=10,eta=1')"
 
 On the EMA params of ``config.sample.checkpoint_step`` (None: the latest), for
-each entry of ``config.eval.samplers`` and ``config.eval.specs`` (`sample.specs.eval_samplers`;
+each entry of ``config.eval.samplers`` and ``config.eval.specs`` (`eval.entries.eval_samplers`;
 both empty: the sampler of ``config.sample``) it draws ``eval.num_samples`` images in calls of
 ``eval.batch_size`` (chunk c with key ``fold_in(fold_in(sample_key,
 crc32(spec)), c)``: deterministic given the seed and the spec; the last chunk
@@ -58,7 +58,7 @@ from diffusion.eval import cache, features, report, rounds
 from diffusion.eval.bpd import bits_per_dim
 from diffusion.run import checkpoint, console, resume
 from diffusion.run.workdir import Workdir, save_npz
-from diffusion.sample.specs import eval_samplers, spec_filename
+from diffusion.eval.entries import eval_samplers, spec_filename
 
 
 def check(config):
@@ -91,7 +91,8 @@ def evaluate(config, workdir: str) -> dict:
   Linear: check everything, load the extractor, restore the EMA params, then
   per round (the data row first, if asked) skip it if its file says it is done
   (`eval.cache`), else sample and score it (`eval.rounds`); then bits/dim
-  (`eval.bpd`) and the report (`eval.report`).
+  (`eval.bpd`) and the report (`eval.report`). Kept as one linear driver (~60
+  lines) so the order of the work reads top to bottom.
   """
   entries, mesh = check(config)
   e = config.eval

@@ -10,7 +10,6 @@ from diffusion import experiment
 from diffusion.dist import placement
 from diffusion.run import checkpoint, console, resume
 from diffusion.run.workdir import Workdir, save_npz
-from diffusion.sample.fn import make_sample_fn
 from diffusion.viz import images as visualize
 
 
@@ -33,6 +32,8 @@ def sample(config, workdir: str) -> str:
   ``fold_in(sample_key, c)`` (the last one padded to the batch size and cut):
   deterministic given the seed, the checkpoint and config.sample.
 
+  One linear driver (~60 lines, half of them this docstring).
+
   Returns:
     The PNG path.
   """
@@ -54,12 +55,12 @@ def sample(config, workdir: str) -> str:
   batch = min(s.batch_size, n - grid_n) if n > grid_n else 0
 
   t0 = time.time()
-  traj_fn = make_sample_fn(exp, num_samples=grid_n, return_trajectory=True, mesh=mesh)
+  traj_fn = exp.sample_fn(num_samples=grid_n, return_trajectory=True, mesh=mesh)
   first, traj = traj_fn(params, jax.random.fold_in(exp.sample_key, 0))
   first, traj_x = placement.to_host(first), placement.to_host(traj["x"])
   chunks = [first]
   if batch:
-    chunk_fn = make_sample_fn(exp, num_samples=batch, mesh=mesh)
+    chunk_fn = exp.sample_fn(num_samples=batch, mesh=mesh)
     calls = -(-(n - grid_n) // batch)
     for c in console.progress(range(1, 1 + calls), "sample", unit="call"):
       chunks.append(placement.to_host(chunk_fn(params, jax.random.fold_in(exp.sample_key, c))))

@@ -5,7 +5,7 @@ as ``workdir/config.json``, build data, model and state (`experiment`), resume
 from the latest checkpoint, compile the step, then loop: log every
 ``log_every`` steps to ``metrics.jsonl``, checkpoint every ``ckpt_every`` (and
 at the end), sample a grid with the EMA parameters every ``sample_every`` (and
-at the end) to ``workdir/samples/step_XXXXXX.png`` (`sample.fn`).
+at the end) to ``workdir/samples/step_XXXXXX.png`` (`Experiment.sample_fn`).
 
 Several processes (multi-host, `cluster.initialize_distributed`): every
 process runs this same loop on its slice of each global batch; the state is
@@ -36,7 +36,6 @@ from diffusion.dist import cluster
 from diffusion.dist import compile as compile_lib
 from diffusion.dist import placement
 from diffusion.train import step as train_step
-from diffusion.sample.fn import make_sample_fn
 from diffusion.viz import images as visualize
 from diffusion.run import console
 from diffusion.run import resume
@@ -197,7 +196,7 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
   compiled = compile_lib.compile_step(train_step.make_train_step(exp.loss_fn, exp.tx, config),
                                       tc.parallel, mesh, steps_per_call=k)
   # jit mode: each grid is split over all devices (where they divide it).
-  sample_fn = make_sample_fn(exp, mesh=mesh if tc.parallel == "jit" else None)
+  sample_fn = exp.sample_fn(mesh=mesh if tc.parallel == "jit" else None)
   state = compiled.replicate(state)
   writer = sinks.MetricWriter(workdir, config, start_step=step)
   bar = console.ProgressBar(step, tc.num_steps)

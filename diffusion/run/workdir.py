@@ -14,7 +14,7 @@ helpers below read and write through ``epath`` (no local-filesystem call)::
       step_XXXXXX.png                a grid every train.sample_every steps
       final_XXXXXX.{png,npz,gif}     --mode sample: grid, all samples, reverse process
     eval/                            --mode eval
-      rounds/<stem>.json             one round (stem: `sample.specs.spec_filename`)
+      rounds/<stem>.json             one round (stem: `eval.entries.spec_filename`)
       rounds/<stem>_stats.npz        that round's sample feature statistics
       results.json  results.md       all rounds and bits/dim
       bpd.json                       bits/dim
@@ -34,13 +34,14 @@ from typing import Any
 from etils import epath
 import numpy as np
 
+from diffusion.core import checks
+
 FINAL_EXTENSIONS = ("png", "npz", "gif")
 RESULTS_EXTENSIONS = ("json", "md")
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> str:
-  if value not in allowed:
-    raise ValueError(f"{name}={value!r} is unknown; valid: {', '.join(allowed)}")
+  checks.setting(value, allowed, name)
   return value
 
 

@@ -65,6 +65,8 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation,
                     ema_decay_fn=None, lr_fn=None) -> StepFn:
   """Builds the train step of one device (or of no device axis at all).
 
+  (~65 lines, most of them this docstring: the step is one closure.)
+
   Args:
     loss_fn: ``loss_fn(params, batch, rng) -> (loss [], metrics dict of
       scalars)`` on this device's part of the batch. The loss must be a mean

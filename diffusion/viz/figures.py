@@ -84,6 +84,8 @@ def training_images(config, max_images: int | None = None) -> np.ndarray:
 
 
 def main(argv=None) -> None:
+  """``python -m diffusion.figures`` (module doc): parse the flags, then draw each
+  figure in turn (one linear list of figures, ~60 lines)."""
   parser = argparse.ArgumentParser(prog="python -m diffusion.figures", description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--config", required=True, help="config file.py[:variant]")

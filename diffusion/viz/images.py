@@ -18,11 +18,11 @@ at least `min_tile` pixels wide.
 from __future__ import annotations
 
 import math
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from PIL import Image
 
 from diffusion.core import schedules
@@ -72,6 +72,13 @@ def image_grid(images: np.ndarray, nrow: int | None = None, *, padding: int = 2,
   return grid
 
 
+def _open_for_write(path):
+  """`path` (local or any `etils.epath` filesystem, e.g. gs://) opened "wb", parents made."""
+  path = epath.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  return path.open("wb")
+
+
 def save_png(path: str, grid: np.ndarray) -> None:
   """Writes a uint8 ``[H, W]``, ``[H, W, 1]`` or ``[H, W, 3]`` image as PNG."""
   grid = np.asarray(grid)
@@ -79,8 +86,8 @@ def save_png(path: str, grid: np.ndarray) -> None:
     raise ValueError(f"grid must be uint8 (see image_grid), got {grid.dtype}")
   if grid.ndim == 3 and grid.shape[-1] == 1:
     grid = grid[..., 0]
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  Image.fromarray(grid).save(path)
+  with _open_for_write(path) as f:
+    Image.fromarray(grid).save(f, format="PNG")
 
 
 def reverse_process_frames(trajectory: np.ndarray, final: np.ndarray,
@@ -119,8 +126,9 @@ def save_gif(path: str, frames, duration_ms: int = 80, last_frame_ms: int = 1500
   images = [Image.fromarray(f[..., 0] if f.ndim == 3 and f.shape[-1] == 1 else f)
             for f in frames]
   durations = [duration_ms] * (len(images) - 1) + [last_frame_ms]
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0)
+  with _open_for_write(path) as f:
+    images[0].save(f, format="GIF", save_all=True, append_images=images[1:],
+                   duration=durations, loop=0)
 
 
 # --------------------------------------------------------------------------
@@ -227,8 +235,8 @@ def _figure(figsize, dpi):
 
 
 def _save_figure(fig, path: str) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  fig.savefig(path, dpi=fig.dpi)
+  with _open_for_write(path) as f:
+    fig.savefig(f, dpi=fig.dpi, format="png")
 
 
 def schedule_plot(path: str, scheds: dict, figsize=(10.0, 4.0), dpi: int = 100) -> None:

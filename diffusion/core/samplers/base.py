@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion.core import parameterization
+from diffusion.core import checks, parameterization
 from diffusion.core.grids import check_steps  # noqa: F401  (re-exported for the families)
 
 def start(rng, shape, x_init, prior: Callable[[jax.Array, tuple], jax.Array]):
@@ -36,8 +36,8 @@ def finish(x, traj, return_trajectory):
 
 
 def check_choice(value, valid, name):
-  if value not in valid:
-    raise ValueError(f"unknown {name} {value!r}; valid: {sorted(valid)}")
+  """`checks.choice` with the valid names sorted."""
+  checks.choice(value, sorted(valid), name)
 
 
 

@@ -6,7 +6,7 @@ Each sampler is one `Sampler` in `SAMPLERS`: its name, an options dataclass
 ``run(denoiser, process, rng, shape, options, *, x_init=None,
 return_trajectory=False)``. Config checks (`experiment.validate_config`),
 ``config.sample``'s keys (`config_defaults`), `--mode eval` specs
-(`sample.specs`) and the sample function (`sample.fn`) all read this record;
+(`eval.entries`) and the sample function (`Experiment.sample_fn`) all read this record;
 nothing else lists samplers.
 
 An options field named like a ``config.sample`` key takes its value from there
@@ -23,7 +23,7 @@ import dataclasses
 import typing
 from typing import Any, Callable
 
-from diffusion.core import ode, processes, schedules
+from diffusion.core import checks, ode, processes, schedules
 from diffusion.core.samplers import discrete, flow, sde
 from diffusion.core.samplers.pc_rules import CORRECTORS, PREDICTORS
 
@@ -58,11 +58,6 @@ def field_types(options_cls) -> dict[str, type]:
   return {f.name: hints[f.name] for f in dataclasses.fields(options_cls)}
 
 
-def _choice(value, valid, name):
-  if value not in valid:
-    raise ValueError(f"{name}={value!r} is not valid; valid: {', '.join(valid)}")
-
-
 def _positive(value, name, lower=1):
   if isinstance(value, bool) or not isinstance(value, int) or value < lower:
     raise ValueError(f"{name}={value!r} must be an int >= {lower}")
@@ -89,7 +84,7 @@ class DDPMOptions:
   clip_denoised: bool = True
 
   def __post_init__(self):
-    _choice(self.variance, schedules.VARIANCES, "variance")
+    checks.setting(self.variance, schedules.VARIANCES, "variance")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,8 +124,8 @@ class PredictorCorrectorOptions:
 
   def __post_init__(self):
     _positive(self.num_steps, "num_steps")
-    _choice(self.predictor, tuple(PREDICTORS), "predictor")
-    _choice(self.corrector, tuple(CORRECTORS), "corrector")
+    checks.setting(self.predictor, tuple(PREDICTORS), "predictor")
+    checks.setting(self.corrector, tuple(CORRECTORS), "corrector")
     _positive(self.corrector_steps, "corrector_steps")
     _final_time(self.eps)
     if self.predictor == "none" and self.corrector == "none":
@@ -147,7 +142,7 @@ class ProbabilityFlowOptions:
 
   def __post_init__(self):
     _positive(self.num_steps, "num_steps")
-    _choice(self.ode_method, ode.METHODS, "ode_method")
+    checks.setting(self.ode_method, ode.METHODS, "ode_method")
     _final_time(self.eps)
 
 

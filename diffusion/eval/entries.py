@@ -20,11 +20,11 @@ import re
 from typing import Any
 
 from diffusion import experiment
+from diffusion.core import checks
 from diffusion.core.samplers import registry
 
 # Short spec keys for options fields.
 ALIASES = {"steps": "num_steps", "clip": "clip_denoised"}
-_TRUE, _FALSE = ("true", "1", "yes"), ("false", "0", "no")
 _SHORT = {v: k for k, v in ALIASES.items()}
 
 
@@ -65,15 +65,11 @@ def parse_sampler_spec(spec: str) -> tuple[str, dict]:
 
 
 def convert(text: str, kind: type, what: str):
-  """`text` as `kind` (bool, int, float or str); ValueError starting with `what`."""
+  """`text` as `kind` (`checks.parse_value`); ValueError starting with `what`."""
   try:
-    if kind is bool:
-      if text.lower() not in _TRUE + _FALSE:
-        raise ValueError(f"expected one of {_TRUE + _FALSE}")
-      return text.lower() in _TRUE
-    return kind(text)
+    return checks.parse_value(text, kind)
   except ValueError as e:
-    raise ValueError(f"{what}={text!r} is not a {kind.__name__}: {e}") from None
+    raise ValueError(f"{what}={text!r} {e}") from None
 
 
 @dataclasses.dataclass(frozen=True)
