@@ -1,7 +1,5 @@
 import jax, jax.numpy as jnp
-from diffusion.core import schedules
-from diffusion.core import sdes
-from diffusion.core import samplers
+from diffusion import schedules, sdes, samplers
 
 w, mu, s = jnp.array([0.6, 0.4]), jnp.array([[-1.0, 0.0], [1.0, 0.5]]), 0.2  # data: 2-D mixture
 def mix_score(x, a, sd):  # exact score of the mixture noised to x = a x0 + sd z

@@ -1,17 +1,52 @@
-"""Test configuration: CPU, float32, and the package's CPU flag defaults.
+"""Test configuration: CPU, float32, the package's CPU flag defaults, one XLA cache.
 
 Importing `diffusion` first applies its XLA CPU flag before JAX starts.
 Multi-device tests run in subprocesses with their own XLA_FLAGS.
+
+Compile time dominates this suite, and many subprocess tests (the CLI, eval,
+multi-process runs) compile the same smoke programs: they all share one
+persistent XLA compilation cache, a temporary folder made once per pytest run
+(`SESSION_CACHE`, handed to subprocesses and xdist workers through
+JAX_COMPILATION_CACHE_DIR) and removed at its end. In-process, only programs
+that take over a second to compile are stored (the many tiny ones would cost
+more to write than to rebuild).
 """
 import os
+import shutil
 import sys
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # The first process of the run makes it.
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="diffusion-tests-xla-")
+  os.environ["DIFFUSION_TESTS_OWN_CACHE"] = "1"
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")  # Subprocesses.
+SESSION_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"]
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import diffusion  # noqa: E402,F401  (applies CPU XLA flags before jax starts)
 import jax  # noqa: E402
 import pytest  # noqa: E402
+
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+# The files whose setup runs CLI subprocesses, slowest first: started first, so
+# that with `-n 2 --dist loadfile` (README) the long ones overlap the rest.
+SLOW_FIRST = ("test_multihost.py", "test_train_smoke.py", "test_eval_mode.py",
+              "test_learning.py", "test_registry.py", "test_classifier.py", "test_compat.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+  del session, config
+  rank = {name: i for i, name in enumerate(SLOW_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # Stable: order kept within.
+
+
+def pytest_sessionfinish(session, exitstatus):
+  del session, exitstatus
+  if os.environ.get("DIFFUSION_TESTS_OWN_CACHE") and "PYTEST_XDIST_WORKER" not in os.environ:
+    shutil.rmtree(SESSION_CACHE, ignore_errors=True)
 
 
 @pytest.fixture

@@ -51,7 +51,8 @@ def _finish(proc):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
   root = tmp_path_factory.mktemp("eval")
-  cache, workdir, clf = root / "xla_cache", root / "w", root / "classifier"
+  cache = pathlib.Path(os.environ["JAX_COMPILATION_CACHE_DIR"])  # conftest: one per run
+  workdir, clf = root / "w", root / "classifier"
   training = _main(workdir, cache, "--config.train.num_steps=2", "--config.train.sample_every=0")
   try:
     tiny_classifier.train_and_save(clf, "test_eval_mode")

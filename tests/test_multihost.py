@@ -159,7 +159,7 @@ def _kill(procs):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("multihost")
-  cache = root / "xla_cache"
+  cache = pathlib.Path(os.environ["JAX_COMPILATION_CACHE_DIR"])  # conftest: one per run
   out = {"root": root, "cache": cache}
   out["mp_proc"] = _launch(2, root / "mp", "--config.train.num_steps=4",
                            "--config.train.sample_every=4", cache_dir=cache)

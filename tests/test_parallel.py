@@ -152,20 +152,27 @@ def _run_steps(step_fn, state, data, place=lambda b: b):
   return state, {k: np.stack([m[k] for m in metrics]) for k in metrics[0]}
 
 
-@pytest.mark.parametrize("mode", ["jit", "pmap"])
-def test_step_without_axis_is_a_plain_function_equal_to_the_compiled_step(mode):
+@pytest.fixture(scope="module")
+def plain_runs():
+  """The step with axis_name=None (no mesh, no pmap / shard_map, host numpy
+  batches, a state on no particular device; device index 0 as on a 1-device
+  mesh), called eagerly and under jax.jit: run once, compared with both modes."""
   config = worker.get_config()
   tx = ts.make_optimizer(config)
+  plain = train_step.make_train_step(worker.loss_fn, tx, config, axis_name=None)
+  eager = _run_steps(plain, worker.init_state(tx), worker.batches())
+  jitted = _run_steps(jax.jit(plain), worker.init_state(tx), worker.batches())
+  return config, tx, eager, jitted
+
+
+@pytest.mark.parametrize("mode", ["jit", "pmap"])
+def test_step_without_axis_is_a_plain_function_equal_to_the_compiled_step(mode, plain_runs):
+  config, tx, (eager, eager_m), (jitted, jitted_m) = plain_runs
   compiled = compile_lib.compile_step(train_step.make_train_step(worker.loss_fn, tx, config),
                                       mode, placement.make_mesh(jax.devices()[:1]), donate=False)
   want, want_m = _run_steps(compiled, compiled.replicate(worker.init_state(tx)),
                             worker.batches(), compiled.shard_batch)
   want = compiled.unreplicate(want)
-  # axis_name=None: no mesh, no pmap / shard_map, host numpy batches, a state
-  # on no particular device. The device index is 0, as on a 1-device mesh.
-  plain = train_step.make_train_step(worker.loss_fn, tx, config, axis_name=None)
-  eager, eager_m = _run_steps(plain, worker.init_state(tx), worker.batches())
-  jitted, jitted_m = _run_steps(jax.jit(plain), worker.init_state(tx), worker.batches())
   # Under jax.jit it is the compiled step's very program (a pmean over one
   # device is the identity, axis_index is 0): bit-identical.
   for field in ("params", "opt_state", "ema_params"):

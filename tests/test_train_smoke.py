@@ -59,7 +59,7 @@ def _main(workdir, *flags, cache_dir, check=True):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("smoke")
-  cache = root / "xla_cache"
+  cache = pathlib.Path(os.environ["JAX_COMPILATION_CACHE_DIR"])  # conftest: one per run
   full, part = root / "full", root / "part"
   out = {"full": full, "part": part, "root": root, "cache": cache}
   out["full_proc"] = _main(full, cache_dir=cache)
