@@ -332,3 +332,13 @@ def test_data_errors_name_the_problem(tmp_path):
   config.update(image_size=8, split="val")
   with pytest.raises(ValueError, match="split='val'.*train, test"):
     data.create(config, seed=0)
+
+
+def test_digits_read_without_sklearn_equal_its_loader():
+  """The csv read (no scikit-learn import) gives load_digits' pixels and labels exactly."""
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  images, labels, levels = data_sources._load_digits()  # pylint: disable=protected-access
+  digits = datasets.load_digits()
+  np.testing.assert_array_equal(images[..., 0], digits.images)
+  np.testing.assert_array_equal(labels, digits.target)
+  assert images.shape == (1797, 8, 8, 1) and labels.dtype == np.int32 and levels == 17

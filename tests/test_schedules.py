@@ -165,3 +165,17 @@ def test_bad_input_errors():
     schedules.q_sample(sched, x, jnp.zeros((4,), jnp.int32), jnp.zeros((4, 3)))
   with pytest.raises(ValueError, match="unknown continuous schedule"):
     schedules.get_continuous("quadratic")
+
+
+def test_discrete_steps_are_a_grid_over_the_continuous_axis():
+  """Step i sits at t = (i + 1) / T and `step_at` inverts that exactly; only the
+  linear table has an SDE (`processes.sde_of`; how close its alpha is to
+  alpha_bar is test_discrete_and_continuous_linear_agree's business)."""
+  from diffusion.core import processes  # pylint: disable=g-import-not-at-top
+  sched = schedules.get("linear", num_steps=100)
+  t = sched.grid_times()
+  np.testing.assert_array_equal(np.asarray(sched.step_at(t)), np.arange(100))
+  np.testing.assert_array_equal(np.asarray(sched.step_at(jnp.array([0.0, 1.0, 2.0]))), [0, 99, 99])
+  sde = processes.sde_of(sched)
+  np.testing.assert_allclose([sde.beta_min, sde.beta_max], [100 * 1e-4, 100 * 0.02], rtol=1e-5)
+  assert processes.sde_of(schedules.get("cosine", num_steps=100)) is None

@@ -24,7 +24,6 @@ import dataclasses
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 
 from diffusion.core import parameterization, processes, schedules
 
@@ -103,10 +102,9 @@ class Denoiser:
     if not processes.is_discrete(self.process):
       return self.score
     sched = self.process
-    T = sched.num_steps
 
     def score_fn(x, t):
-      t_int = jnp.clip(jnp.round(t * T - 1.0), 0, T - 1).astype(jnp.int32)
+      t_int = sched.step_at(t)
       return -self.eps(x, t_int) / _b(sched.sigma(t_int), x)
 
     return score_fn

@@ -8,12 +8,14 @@ marginal ``x_t = alpha x_0 + sigma eps`` on its own time axis:
 - an SDE of `sdes` (VP, sub-VP, VE) on float ``t`` in [0, 1] (1 = the prior),
   with ``drift`` / ``diffusion`` / ``discretize`` too: the "continuous" domain.
 
-A discrete schedule is a grid over a process: the linear betas ``beta_i``
-(``i = 1..T``) are ``beta(t) dt`` of ``VPSDE(beta_min=T beta_1, beta_max=T
-beta_T)`` at ``t = i / T``, ``dt = 1 / T``, so its step ``i`` sits at
-``t = (i + 1) / T`` and the continuous samplers can run it (`on_domain`; the
-denoiser asks the network at the nearest step, `Denoiser.score_fn`). The other
-discrete tables (cosine, quadratic, sigmoid, custom) have no SDE here.
+A discrete schedule is a grid over a process: its step ``i`` sits at ``t = (i +
+1) / T`` (`DiscreteSchedule.grid_times`, inverted by `step_at`). The linear
+betas, from ``beta_1`` to ``beta_T``, are the continuous limit of ``VPSDE(beta_min=T
+beta_1, beta_max=T beta_T)`` (``beta(t) dt`` with ``dt = 1 / T``; score_sde's
+convention, ``alpha_bar_i ~ alpha((i + 1) / T)^2``), so the continuous samplers
+can run a linear model (`on_domain`; the denoiser asks the network at the
+nearest step, `Denoiser.score_fn`). The other discrete tables (cosine,
+quadratic, sigmoid, custom) have no SDE here.
 
 `on_domain` is the one place that decides whether a sampler's domain can run a
 process; config checks, eval specs and the sample function all ask it.
@@ -34,11 +36,8 @@ def is_discrete(process) -> bool:
 
 
 def sde_of(sched: schedules.DiscreteSchedule):
-  """The VP SDE a linear discrete schedule is a grid over, or None.
-
-  ``VPSDE(beta_min=T beta_1, beta_max=T beta_T)``: its ``beta(t) dt`` at
-  ``t = i / T``, ``dt = 1 / T`` is ``beta_i``, so ``alpha_bar_i ~ alpha((i+1)/T)^2``.
-  """
+  """The VP SDE a linear discrete schedule is a grid over (module docstring), or None:
+  ``VPSDE(beta_min=T beta_1, beta_max=T beta_T)``."""
   if sched.kind not in SDE_KINDS:
     return None
   T = sched.num_steps

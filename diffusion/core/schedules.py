@@ -62,6 +62,16 @@ class DiscreteSchedule:
     """``log(alpha_bar_t / (1 - alpha_bar_t))``, with the cancellation-free ``1 - alpha_bar``."""
     return jnp.log(self.alpha_bars[t]) - jnp.log(self.one_minus_alpha_bars[t])
 
+  def grid_times(self) -> jax.Array:
+    """Where the steps sit on the continuous axis: step ``i`` at ``t = (i + 1) / T``; ``[T]``."""
+    return (jnp.arange(self.num_steps, dtype=jnp.float32) + 1.0) / self.num_steps
+
+  def step_at(self, t: jax.Array) -> jax.Array:
+    """The nearest step to continuous times ``t`` (the inverse of `grid_times`):
+    ``round(t T - 1)`` clipped to ``0..T-1``, int32, same shape as ``t``."""
+    T = self.num_steps
+    return jnp.clip(jnp.round(t * T - 1.0), 0, T - 1).astype(jnp.int32)
+
   @property
   def num_steps(self) -> int:
     return self.betas.shape[0]
