@@ -47,6 +47,7 @@ def pytest_sessionfinish(session, exitstatus):
   del session, exitstatus
   if os.environ.get("DIFFUSION_TESTS_OWN_CACHE") and "PYTEST_XDIST_WORKER" not in os.environ:
     shutil.rmtree(SESSION_CACHE, ignore_errors=True)
+    shutil.rmtree(SESSION_CACHE + "-classifier", ignore_errors=True)  # tests/tiny_classifier.py
 
 
 @pytest.fixture
