@@ -181,7 +181,7 @@ def get_config(arg=None):
   diff.antithetic = False  # Continuous: low-discrepancy times over the batch.
 
   # ----------------------------------------------------------------- optim
-  # Read by diffusion.train_state.make_optimizer / lr_schedule.
+  # Read by diffusion.train.state.make_optimizer / lr_schedule.
   config.optim = optim = ml_collections.ConfigDict()
   optim.optimizer = "adam"  # "adam" | "adamw".
   optim.lr = 2e-4  # Peak learning rate.
@@ -196,7 +196,7 @@ def get_config(arg=None):
   optim.grad_clip = 1.0  # Global-norm clipping threshold; 0 = off.
 
   # ------------------------------------------------------------------- ema
-  # Read by diffusion.train_state.ema_decay.
+  # Read by diffusion.train.state.ema_decay.
   config.ema = ema = ml_collections.ConfigDict()
   ema.decay = 0.9999  # EMA rate (the cap of the warmed-up rate if warmup).
   ema.warmup = False  # k-diffusion warmup: rate = 1 - (1 + s / inv_gamma) ** -power.

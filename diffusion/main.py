@@ -18,7 +18,7 @@ or DIFFUSION_DISTRIBUTED=1), before anything touches JAX's devices.
 `--mode sample` writes N samples (.npz), a grid (.png) and the reverse
 process (.gif) from a checkpoint; `--mode eval` writes FID / KID / IS per
 sampler of `config.eval.samplers` / `config.eval.specs` and bits/dim to workdir/eval/results.{json,md}
-(`eval_mode`); SIGTERM / SIGINT during training save a checkpoint and exit 0
+(`modes.eval`); SIGTERM / SIGINT during training save a checkpoint and exit 0
 (resume with the same command).
 """
 import os

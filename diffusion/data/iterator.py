@@ -7,7 +7,7 @@
 
 Sources (digits, MNIST idx files, .npz, image folders, TFDS) and the
 preprocessing to `config.image_size` / `config.channels` live in
-`diffusion.data_sources`; this module is the iterator.
+`diffusion.data.sources`; this module is the iterator.
 
 Order: epoch ``e`` visits the examples in the permutation drawn from
 ``(seed, e)``, in ``N // B`` full global batches (the remainder is dropped).

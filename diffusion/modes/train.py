@@ -13,11 +13,7 @@ replicated on the global mesh; checkpoints are saved and restored by all
 processes together (Orbax); the sample grid is split over all devices of all
 processes (in jit mode, when their number divides the grid), gathered, and
 written by process 0, which alone writes config.json, metrics.jsonl, wandb and
-images.
-
-Workdir layout::
-
-  config.json  metrics.jsonl  checkpoints/<step>/{state,data}  samples/*.{png,npz,gif}
+images. The workdir's layout is `run.workdir.Workdir`'s.
 """
 from __future__ import annotations
 

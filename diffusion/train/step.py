@@ -73,9 +73,9 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation,
       over the examples so that the pmean of per-device losses (and grads) is
       the global-batch mean. `rng` is ``fold_in(fold_in(state.rng, step),
       device_index)``: different on every step and every device.
-    tx: the optax transformation (e.g. `train_state.make_optimizer(config)`).
+    tx: the optax transformation (e.g. `train.state.make_optimizer(config)`).
     config: optional ConfigDict; gives the defaults ``ema_decay_fn =
-      train_state.ema_decay(., config)`` and ``lr_fn = lr_schedule(config)``.
+      train.state.ema_decay(., config)`` and ``lr_fn = lr_schedule(config)``.
     axis_name: the mapped axis to average over (`AXIS`, "data", as the mesh
       of `diffusion.dist.placement`); the step then runs only under
       `compile_step`. None: no pmean and device index 0, so the step is a

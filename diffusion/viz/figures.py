@@ -7,7 +7,7 @@ Writes under ``--out``:
 
 - ``forward_strip.png``: 4 training images noised by every schedule of
   `schedules.SCHEDULES` (T = config.diffusion.num_steps) at t/T = 0, .25, .5,
-  .75, 1, one fixed noise per image (`visualize.forward_strip`), labelled;
+  .75, 1, one fixed noise per image (`viz.images.forward_strip`), labelled;
 - ``schedules.png``: alpha_bar(t) and logSNR(t) of those schedules;
 - with ``--workdir``: ``nearest_neighbours.png``, the first ``--num_samples``
   samples of the latest ``samples/final_*.npz`` (written by ``--mode sample``)
