@@ -1,7 +1,7 @@
 """`--mode eval` end to end on configs/smoke.py, plus the sampler-spec parser.
 
-One module fixture: trains the smoke model for 2 steps (a `diffusion.main`
-subprocess) while a tiny classifier trains on digits in this process, then
+One module fixture: a copy of the smoke model after 2 steps
+(tests/fixtures/workdir_v0/discrete) and the tiny classifier on digits, then
 runs `--mode eval` twice in subprocesses sharing an XLA compile cache (two
 DDIM samplers, 20 samples each, bits/dim on 8 images); before the second run
 one round file is deleted, so only that round is recomputed.
@@ -9,6 +9,7 @@ one round file is deleted, so only that round is recomputed.
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -28,6 +29,7 @@ from diffusion.eval import metrics
 import tiny_classifier
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+FIXTURE = ROOT / "tests" / "fixtures" / "workdir_v0" / "discrete"
 SPECS = ("ddim:steps=4,eta=0", "ddim:steps=4,eta=1")
 BASELINE = "--config.eval.baseline_split=test"  # A first row "data:test" of real images.
 
@@ -53,11 +55,10 @@ def run(tmp_path_factory):
   root = tmp_path_factory.mktemp("eval")
   cache = pathlib.Path(os.environ["JAX_COMPILATION_CACHE_DIR"])  # conftest: one per run
   workdir, clf = root / "w", root / "classifier"
-  training = _main(workdir, cache, "--config.train.num_steps=2", "--config.train.sample_every=0")
-  try:
-    tiny_classifier.train_and_save(clf, "test_eval_mode")
-  finally:
-    _finish(training)
+  # The smoke model after 2 steps (`--config.train.num_steps=2
+  # --config.train.sample_every=0`): the fixture of tests/test_compat.py.
+  shutil.copytree(FIXTURE, workdir)
+  tiny_classifier.train_and_save(clf, "test_eval_mode")
   flag = f"--config.eval.classifier_path={clf}"
   first = _finish(_main(workdir, cache, "--mode=eval", flag, BASELINE))
   rounds = workdir / "eval" / "rounds"
