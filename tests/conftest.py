@@ -17,6 +17,15 @@ import sys
 import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Tests compile with LLVM at -O1 (XLA's default is -O2), here and in every
+# subprocess: XLA:CPU compiles about 30% faster and the small test programs run
+# about as fast (measured on tests/test_learning.py's step: 20.2 -> 14.1 s to
+# compile, 3.7 -> 4.3 s for 199 steps). The backend level changes no IEEE
+# semantics (no fast-math); the losses there came out equal to 7 digits, and
+# tests/test_compat.py checks against references written at the default level.
+if "--xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_backend_optimization_level=1").strip()
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # The first process of the run makes it.
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="diffusion-tests-xla-")
   os.environ["DIFFUSION_TESTS_OWN_CACHE"] = "1"
