@@ -19,7 +19,6 @@ network with these conversions. ``alpha`` and ``sigma`` are
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from diffusion.core import checks, schedules
 

@@ -8,7 +8,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion.core import checks, parameterization
-from diffusion.core.grids import check_steps  # noqa: F401  (re-exported for the families)
 
 def start(rng, shape, x_init, prior: Callable[[jax.Array, tuple], jax.Array]):
   """Validates ``shape`` / ``x_init``; returns ``(x_T, loop_key)``."""

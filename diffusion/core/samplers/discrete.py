@@ -9,8 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion.core import grids, parameterization, schedules
-from diffusion.core.samplers.base import (check_choice, finish, normal, start, std_normal,
-                                          x0_from_eps)
+from diffusion.core.samplers.base import finish, normal, start, std_normal, x0_from_eps
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 _b = schedules.broadcast_to

@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 
 from diffusion.core import grids, ode
-from diffusion.core.samplers.base import check_choice, check_steps, start
+from diffusion.core.grids import check_steps
+from diffusion.core.samplers.base import check_choice, start
 from diffusion.core.samplers.sde import ScoreFn, tweedie_x0
 
 def probability_flow(

@@ -6,7 +6,8 @@ import jax
 import jax.numpy as jnp
 
 from diffusion.core import grids, parameterization, schedules, sdes
-from diffusion.core.samplers.base import check_choice, check_steps, finish, normal, start
+from diffusion.core.grids import check_steps
+from diffusion.core.samplers.base import check_choice, finish, normal, start
 from diffusion.core.samplers.pc_rules import CORRECTORS, PREDICTORS
 
 _b = schedules.broadcast_to
