@@ -28,6 +28,7 @@ from diffusion.core import checks, grids, losses, processes, schedules, sdes
 from diffusion.core.denoiser import Denoiser
 from diffusion.core.samplers import registry
 from diffusion import models
+from diffusion.data import sources
 from diffusion.dist import placement
 from diffusion.models import get_model
 from diffusion.train import state as ts
@@ -71,13 +72,135 @@ def check_sampler(config, process, section=None):
   return record, options, on
 
 
+# Numeric keys and their ranges (`checks.number`'s keyword arguments); None
+# values pass where the default is a placeholder (model.num_classes, ...).
+_INT = dict(integer=True)
+RANGES = {
+    "seed": dict(integer=True, lo=0),
+    "data.batch_size": dict(_INT, lo=1),
+    "data.image_size": dict(_INT, lo=1),
+    "model.ch": dict(_INT, lo=1),
+    "model.num_res_blocks": dict(_INT, lo=1),
+    "model.num_heads": dict(_INT, lo=1),
+    "model.dropout": dict(lo=0.0, hi=1.0, hi_open=True),
+    "model.time_scale": dict(lo=0.0, lo_open=True),
+    "model.fourier_scale": dict(lo=0.0, lo_open=True),
+    "model.num_classes": dict(_INT, lo=1),
+    "diffusion.num_steps": dict(_INT, lo=1),
+    "diffusion.min_snr_gamma": dict(lo=0.0, lo_open=True),
+    "diffusion.beta_min": dict(lo=0.0, lo_open=True),
+    "diffusion.beta_max": dict(lo=0.0, lo_open=True),
+    "diffusion.sigma_min": dict(lo=0.0, lo_open=True),
+    "diffusion.sigma_max": dict(lo=0.0, lo_open=True),
+    "diffusion.eps": dict(lo=0.0, hi=1.0, lo_open=True, hi_open=True),
+    "optim.lr": dict(lo=0.0, lo_open=True),
+    "optim.beta1": dict(lo=0.0, hi=1.0, hi_open=True),
+    "optim.beta2": dict(lo=0.0, hi=1.0, hi_open=True),
+    "optim.eps": dict(lo=0.0),
+    "optim.weight_decay": dict(lo=0.0),
+    "optim.warmup_steps": dict(_INT, lo=0),
+    "optim.decay_steps": dict(_INT, lo=0),
+    "optim.end_lr": dict(lo=0.0),
+    "optim.grad_clip": dict(lo=0.0),
+    "ema.decay": dict(lo=0.0, hi=1.0, hi_open=True),
+    "ema.inv_gamma": dict(lo=0.0, lo_open=True),
+    "ema.power": dict(lo=0.0, lo_open=True),
+    "ema.start_step": dict(_INT, lo=0),
+    "train.keep_checkpoints": dict(_INT, lo=1),
+    "train.steps_per_call": dict(_INT, lo=1),
+    "sample.num_samples": dict(_INT, lo=1),
+    "sample.batch_size": dict(_INT, lo=1),
+    "sample.grid_size": dict(_INT, lo=1),
+    "sample.gif_frames": dict(_INT, lo=1),
+    "sample.checkpoint_step": dict(_INT, lo=0),
+    "eval.num_samples": dict(_INT, lo=1),
+    "eval.batch_size": dict(_INT, lo=1),
+    "eval.reference_num": dict(_INT, lo=0),
+    "eval.kept_features": dict(_INT, lo=2),
+    "eval.kid_subsets": dict(_INT, lo=1),
+    "eval.kid_subset_size": dict(_INT, lo=1),
+    "eval.is_splits": dict(_INT, lo=1),
+    "eval.bpd_num": dict(_INT, lo=1),
+}
+CHANNELS = (1, 3)
+# Named settings and their valid values (the lists live with the code that reads them).
+CHOICES = {
+    "data.source": sources.SOURCES,
+    "data.split": sources.SPLITS,
+    "data.crop": sources.CROPS,
+    "optim.optimizer": ts.OPTIMIZERS,
+    "optim.schedule": ts.SCHEDULES,
+    "eval.features": ("classifier", "inception"),
+    "eval.reference_split": sources.SPLITS,
+    "eval.bpd_split": sources.SPLITS,
+    "eval.baseline_split": ("",) + sources.SPLITS,
+}
+
+
+def _lookup(config, key: str):
+  node = config
+  for part in key.split("."):
+    if part not in node:
+      return None
+    node = node[part]
+  return node
+
+
+def check_ranges(config) -> None:
+  """`checks.ConfigError` naming the first key of `RANGES` (and the tuple-valued
+  model keys) whose value is out of range, with the allowed range."""
+  for key, bounds in RANGES.items():
+    value = _lookup(config, key)
+    if value is not None:
+      checks.number(value, f"config.{key}", **bounds)
+  m, data = config.model, config.data
+  for key in ("channel_mult", "attention_resolutions"):
+    values = tuple(m[key]) if isinstance(m[key], (tuple, list)) else (m[key],)
+    if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values):
+      raise checks.ConfigError(f"config.model.{key}={values!r}: every entry must be an int >= 1")
+  if not m.channel_mult:
+    raise checks.ConfigError("config.model.channel_mult=() needs at least one level")
+  if data.channels not in CHANNELS:
+    raise checks.ConfigError(f"config.data.channels={data.channels!r} must be 1 (gray) or 3 (RGB)")
+  d = config.diffusion
+  if d.type == "continuous" and d.sde == "ve" and not d.sigma_min < d.sigma_max:
+    raise checks.ConfigError(f"config.diffusion.sigma_min={d.sigma_min} must be < "
+                             f"config.diffusion.sigma_max={d.sigma_max}")
+  if d.type == "continuous" and d.sde != "ve" and not d.beta_min < d.beta_max:
+    raise checks.ConfigError(f"config.diffusion.beta_min={d.beta_min} must be < "
+                             f"config.diffusion.beta_max={d.beta_max}")
+
+
+def check_sample_options(section, prefix: str = "config.sample") -> None:
+  """Every sampler option key of `section`, whichever sampler it belongs to:
+  each registered sampler's options are built from it (`registry.options_from`),
+  so a bad value of an option the chosen sampler does not read fails too."""
+  for record in registry.SAMPLERS.values():
+    try:
+      registry.options_from(record, section)
+    except (ValueError, TypeError) as e:
+      raise checks.ConfigError(f"{prefix}.{e}") from None
+
+
 def validate_config(config) -> None:
-  """Raises ValueError naming the key for values that cannot work together.
+  """Raises `checks.ConfigError` (a ValueError) naming the key for a value out of its
+  range (`RANGES`) or values that cannot work together.
 
   (Names checked by the library — schedule, sde, optimizer, model fields — fail
   there with the list of valid names.)
   """
+  check_ranges(config)
+  for key, valid in CHOICES.items():
+    value = _lookup(config, key)
+    if value is not None:
+      _choice(value, valid, key)
   d, tc, s = config.diffusion, config.train, config.sample
+  _choice(config.model.name, tuple(models.MODELS), "model.name")
+  if d.type == "discrete":
+    _choice(d.schedule, tuple(sorted(schedules.SCHEDULES)), "diffusion.schedule")
+  elif d.type == "continuous":
+    _choice(d.sde, tuple(sorted(sdes.SDES)), "diffusion.sde")
+  check_sample_options(s)
   _choice(d.type, DIFFUSION_TYPES, "diffusion.type")
   discrete = d.type == "discrete"
   _choice(d.prediction, losses.DISCRETE_PREDICTIONS if discrete else
@@ -247,12 +370,21 @@ class Experiment:
     """
     sharding = SingleDeviceSharding(jax.local_devices()[0]) if sharding is None else sharding
     return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-                        jax.eval_shape(self.create_state, self.state_key))
+                        self._traced_create_state().out_info)
+
+  def _traced_create_state(self):
+    """`create_state` traced once per Experiment (a UNet trace takes ~1 s on CPU):
+    its output shapes are `abstract_state`'s, its lowering `init_state`'s."""
+    traced = self.__dict__.get("_create_state_traced")
+    if traced is None:
+      traced = jax.jit(self.create_state).trace(self.state_key)
+      object.__setattr__(self, "_create_state_traced", traced)
+    return traced
 
   def init_state(self) -> ts.TrainState:
     """Runs `create_state` once, jitted. On CPU XLA's -O0 compiles it ~4x faster (a
     one-off initialisation does not need optimised code)."""
-    lowered = jax.jit(self.create_state).lower(self.state_key)
+    lowered = self._traced_create_state().lower()
     options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
     return lowered.compile(options)(self.state_key)
 
@@ -273,12 +405,26 @@ def build(config) -> Experiment:
                     tx=ts.make_optimizer(config), state_key=state_key, sample_key=sample_key)
 
 
-def restore_ema_params(exp: Experiment, ckpt, step: int | None, mesh):
-  """``(ema_params, step)`` of checkpoint `step` (None: the latest) of `ckpt`
-  (a `run.checkpoint.Checkpointer`), replicated on every device of `mesh`
-  (several processes restore collectively). FileNotFoundError if there is none."""
-  step = ckpt.latest_step() if step is None else step
+def restore_ema_params(exp: Experiment, ckpt, step: int | None, mesh, warn=print):
+  """``(ema_params, step)`` of checkpoint `step` of `ckpt` (a
+  `run.checkpoint.Checkpointer`), replicated on every device of `mesh` (several
+  processes restore collectively).
+
+  `step` None: the newest checkpoint that restores and verifies (a damaged
+  newer one is reported through `warn` and left in place: a reader does not
+  move a trainer's files). A given `step` must exist and be intact
+  (`CheckpointDamaged` otherwise). `checks.ConfigError` when there is no
+  checkpoint or not that one.
+  """
+  target = exp.abstract_state(placement.replicated(mesh))
   if step is None:
-    raise FileNotFoundError(f"no checkpoint in {ckpt.directory}: train first")
-  state, _ = ckpt.restore(step, exp.abstract_state(placement.replicated(mesh)))
+    found = ckpt.restore_latest(target, warn=warn)
+    if found is None:
+      raise checks.ConfigError(f"no checkpoint in {ckpt.directory}: train first")
+    step, state, _ = found
+  else:
+    if step not in ckpt.all_steps():
+      raise checks.ConfigError(f"config.sample.checkpoint_step={step}: no such checkpoint in "
+                               f"{ckpt.directory}; available: {ckpt.all_steps()}")
+    state, _ = ckpt.restore(step, target)
   return state.ema_params, int(step)

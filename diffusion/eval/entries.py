@@ -90,10 +90,13 @@ def _entry_config(config, name: str, method: str, overrides: dict):
     if key not in cfg.sample:
       raise ValueError(f"eval sampler {name!r}: {key!r} is not a config.sample key")
     cfg.sample[key] = value
+  where = (f"config.eval.samplers.{name}" if name in config.eval.samplers
+            else f"config.eval.specs entry {name!r}")
   try:
     experiment.check_sampler(cfg, experiment.noise_process(cfg))
   except ValueError as e:
-    raise ValueError(f"sampler spec {name!r} does not fit this model: {e}") from None
+    reason = str(e).replace(f"config.sample ({method}): ", "")
+    raise ValueError(f"{where}: sampler spec {name!r} does not fit this model: {reason}") from None
   return cfg
 
 
