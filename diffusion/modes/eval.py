@@ -56,7 +56,8 @@ from diffusion.data import iterator as data
 from diffusion.dist import placement
 from diffusion.eval import cache, features, report, rounds
 from diffusion.eval.bpd import bits_per_dim
-from diffusion.run import checkpoint, console, resume
+from diffusion.core import checks
+from diffusion.run import checkpoint, console, lock, resume
 from diffusion.run.workdir import Workdir, save_npz
 from diffusion.eval.entries import eval_samplers, spec_filename
 
@@ -94,13 +95,24 @@ def evaluate(config, workdir: str) -> dict:
   (`eval.bpd`) and the report (`eval.report`). Kept as one linear driver (~60
   lines) so the order of the work reads top to bottom.
   """
-  entries, mesh = check(config)
+  with checks.config_errors():
+    entries, mesh = check(config)
+    extract = features.make_extractor(config.eval)
+    resume.check_config(config, workdir, write=False, mode="eval")
+    exp = experiment.build(config)
+  held = lock.hold(workdir, "eval", echo=console.echo)
+  try:
+    return _evaluate(config, workdir, exp, entries, mesh, extract)
+  finally:
+    if held is not None:
+      held.release(remove_empty_workdir=True)
+
+
+def _evaluate(config, workdir, exp, entries, mesh, extract) -> dict:
   e = config.eval
-  extract = features.make_extractor(e)
-  resume.check_config(config, workdir, write=False, mode="eval")
-  exp = experiment.build(config)
   with checkpoint.Checkpointer(Workdir(workdir).checkpoints_dir, None) as ckpt:
-    params, step = experiment.restore_ema_params(exp, ckpt, config.sample.checkpoint_step, mesh)
+    params, step = experiment.restore_ema_params(exp, ckpt, config.sample.checkpoint_step, mesh,
+                                                 warn=console.echo)
   wd = Workdir(workdir)
   wd.rounds_dir.mkdir(parents=True, exist_ok=True)
   ident = {"step": step, "num_samples": e.num_samples, "features": features.extractor_id(e)}

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 
 from diffusion import experiment
+from diffusion.core import checks
 from diffusion.dist import placement
 from diffusion.run import checkpoint, console, resume
 from diffusion.run.workdir import Workdir, save_npz
@@ -37,20 +38,22 @@ def sample(config, workdir: str) -> str:
   Returns:
     The PNG path.
   """
-  exp = experiment.build(config)
   s = config.sample
-  record, options, _ = exp.sampler()
-  if not record.traceable(options):
-    raise ValueError(f"--mode sample writes a reverse-process GIF, which needs a trajectory; "
-                     f"sample.method={s.method!r} with these options has none (e.g. "
-                     "sample.ode_method='rk45'): use 'euler' or 'heun'")
-  resume.check_config(config, workdir, write=False, mode="sample")
+  with checks.config_errors():
+    exp = experiment.build(config)
+    record, options, _ = exp.sampler()
+    if not record.traceable(options):
+      raise ValueError(f"--mode sample writes a reverse-process GIF, which needs a trajectory; "
+                       f"config.sample.method={s.method!r} with these options has none (e.g. "
+                       "config.sample.ode_method='rk45'): use 'euler' or 'heun'")
+    resume.check_config(config, workdir, write=False, mode="sample")
   # The params are replicated on every device of every process (several
   # processes restore collectively into global arrays); each sampler call is
   # split over all devices where they divide its batch, and process 0 writes.
   mesh = placement.make_mesh()
   with checkpoint.Checkpointer(Workdir(workdir).checkpoints_dir, None) as ckpt:
-    params, step = experiment.restore_ema_params(exp, ckpt, s.checkpoint_step, mesh)
+    params, step = experiment.restore_ema_params(exp, ckpt, s.checkpoint_step, mesh,
+                                                 warn=console.echo)
   n, grid_n = s.num_samples, min(s.num_samples, s.grid_size)
   batch = min(s.batch_size, n - grid_n) if n > grid_n else 0
 

@@ -1,8 +1,10 @@
 """Training, driven by the config (keys: configs/default.py).
 
-`train_and_evaluate(config, workdir)` is linear: validate the config, save it
-as ``workdir/config.json``, build data, model and state (`experiment`), resume
-from the latest checkpoint, compile the step, then loop: log every
+`train_and_evaluate(config, workdir)` is linear: check everything (`prepare`:
+config, data, model, sampler options, eval entries; nothing compiled or
+written yet), lock the workdir (`run.lock`), build the state (`experiment`)
+or resume from the newest intact checkpoint, compile the step, run it once,
+write ``workdir/config.json``, then loop: log every
 ``log_every`` steps to ``metrics.jsonl``, checkpoint every ``ckpt_every`` (and
 at the end), sample a grid with the EMA parameters every ``sample_every`` (and
 at the end) to ``workdir/samples/step_XXXXXX.png`` (`Experiment.sample_fn`).
@@ -18,6 +20,7 @@ images. The workdir's layout is `run.workdir.Workdir`'s.
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
 import threading
 import time
@@ -26,7 +29,10 @@ import jax
 import numpy as np
 
 from diffusion import experiment
+from diffusion.core import checks
+from diffusion.eval import entries
 from diffusion.run import checkpoint
+from diffusion.run import lock as lock_lib
 from diffusion.data import iterator as data
 from diffusion.dist import cluster
 from diffusion.dist import compile as compile_lib
@@ -36,6 +42,7 @@ from diffusion.viz import images as visualize
 from diffusion.run import console
 from diffusion.run import resume
 from diffusion.run import sinks
+from diffusion.run.redact import flatten
 from diffusion.run.workdir import Workdir
 from diffusion.train import state as ts
 
@@ -140,77 +147,177 @@ class _Metrics:
     return row
 
 
-def _restore_or_init(exp, ckpt, it, mesh):
-  """The latest checkpoint's state (the data iterator set to its position), or a
-  fresh one. In jit mode the restore target is replicated on the global mesh:
-  with several processes Orbax restores (and saves) collectively."""
-  k = exp.config.train.steps_per_call
-  start = ckpt.latest_step()
-  if start is None:
-    return exp.init_state()
-  sharding = placement.replicated(mesh) if exp.config.train.parallel == "jit" else None
-  state, data_state = ckpt.restore(start, exp.abstract_state(sharding))
-  it.set_state(data_state)
-  if start % k:
-    raise ValueError(f"checkpoint step {start} is not a multiple of "
-                     f"config.train.steps_per_call={k}")
-  return state
+def _restore_or_init(exp, wd, it, mesh):
+  """``(checkpointer or None, state)``: the newest intact checkpoint's state (the data
+  iterator set to its position; damaged newer ones moved aside,
+  `Checkpointer.restore_latest`), or a fresh state when the workdir has no
+  checkpoints (then no checkpointer yet: nothing is made in the workdir before
+  the first step has run). In jit mode the restore target is replicated on the
+  global mesh: with several processes Orbax restores (and saves) collectively."""
+  tc = exp.config.train
+  if not wd.checkpoints_dir.exists():
+    return None, exp.init_state()
+  ckpt = checkpoint.Checkpointer(wd.checkpoints_dir, tc.keep_checkpoints)
+  try:
+    sharding = placement.replicated(mesh) if tc.parallel == "jit" else None
+    found = ckpt.restore_latest(exp.abstract_state(sharding), set_aside=wd.damaged_dir,
+                                warn=console.echo)
+    if found is None:
+      return ckpt, exp.init_state()
+    start, state, data_state = found
+    if start % tc.steps_per_call:
+      raise checks.ConfigError(f"checkpoint step {start} is not a multiple of "
+                               f"config.train.steps_per_call={tc.steps_per_call}")
+    it.set_state(data_state)
+  except BaseException:
+    ckpt.close()
+    raise
+  return ckpt, state
+
+
+def check_labels(config, it, batch) -> None:
+  """`checks.ConfigError` when a class-conditional model's labels do not fit
+  ``config.model.num_classes`` (all the labels of an in-memory dataset, else the
+  first batch's)."""
+  k = config.model.num_classes
+  if k is None:
+    return
+  labels = it.labels if getattr(it, "labels", None) is not None else batch["label"]
+  labels = np.asarray(labels)
+  lo, hi = int(labels.min()), int(labels.max())
+  if lo < 0 or hi >= k:
+    raise checks.ConfigError(
+        f"config.model.num_classes={k} but the data ({config.data.source}"
+        f"{':' + config.data.name if config.data.name else ''}) has labels {lo}..{hi}; "
+        f"labels must lie in 0..{k - 1}: set config.model.num_classes={hi + 1}")
+
+
+def prepare(config, workdir):
+  """The checks of a train run, before anything is compiled or written: ``(exp, it)``.
+
+  The config (`experiment.build`: every key's range, the sampler options, the
+  model's shapes), the eval entries, the workdir's config.json (resume
+  policy), the data (opened, one batch read and put back, labels against
+  ``model.num_classes``). Raises `checks.ConfigError` (or a `checks.RunError`
+  for unreadable data).
+  """
+  with checks.config_errors():
+    exp = experiment.build(config)  # Validates the config first.
+    entries.eval_samplers(config)
+    exp.abstract_state()  # Traces the model: shape errors surface here.
+    resume.check_config(config, workdir, write=False)
+    it = data.create(config.data, seed=config.seed, process_index=jax.process_index(),
+                     process_count=jax.process_count())
+    position = it.get_state()
+    check_labels(config, it, next(it))
+    it.set_state(position)
+  return exp, it
+
+
+# The compiled programs of this process's earlier runs, by the config and the
+# mesh that made them (`_programs`); at most `_PROGRAMS_KEPT`, the oldest dropped.
+_PROGRAMS: dict = {}
+_PROGRAMS_KEPT = 4
+
+
+# Keys that change no compiled program: how long and how verbosely a run
+# trains, its checkpoints, eval and wandb (`resume.RESUMABLE_KEYS` less the
+# sampler's keys, which the grid's program reads).
+_NOT_IN_PROGRAMS = tuple(k for k in resume.RESUMABLE_KEYS if k != "sample.")
+
+
+def _program_keys(config) -> dict:
+  return {k: v for k, v in flatten(json.loads(config.to_json())).items()
+          if not any(k.startswith(p) if p.endswith(".") else k == p for p in _NOT_IN_PROGRAMS)}
+
+
+def _programs(exp, mesh):
+  """``(compiled train step, grid sample_fn)`` of `exp` on `mesh`.
+
+  A second run of the same config in one process (tests, a notebook, a
+  resumed run after a fallback) reuses the first one's programs instead of
+  tracing the UNet again (~3 s on a CPU for the smoke UNet): they depend on
+  nothing but the config (its keys are the key, but for run length, cadence,
+  eval and wandb: `_NOT_IN_PROGRAMS`; any other change is a new entry) and the
+  mesh's devices.
+  """
+  tc = exp.config.train
+  key = (json.dumps(_program_keys(exp.config), sort_keys=True),
+         tuple(d.id for d in mesh.devices.flat), jax.process_count())
+  if key not in _PROGRAMS:
+    compiled = compile_lib.compile_step(
+        train_step.make_train_step(exp.loss_fn, exp.tx, exp.config), tc.parallel, mesh,
+        steps_per_call=tc.steps_per_call)
+    # jit mode: each grid is split over all devices (where they divide it).
+    sample_fn = exp.sample_fn(mesh=mesh if tc.parallel == "jit" else None)
+    while len(_PROGRAMS) >= _PROGRAMS_KEPT:
+      _PROGRAMS.pop(next(iter(_PROGRAMS)))
+    _PROGRAMS[key] = (compiled, sample_fn)
+  return _PROGRAMS[key]
 
 
 def train_and_evaluate(config, workdir: str) -> ts.TrainState:
   """Trains (or resumes) the model of `config` in `workdir`; see the module doc.
 
-  SIGTERM / SIGINT (preemption) finish the current step, save a checkpoint
-  (with the data iterator's state) and return: resuming continues bit-for-bit.
-  One linear loop (flax / big_vision style): its ~90 lines read top to bottom, the
-  host-side metrics in `_Metrics` and the restore in `_restore_or_init`.
+  Order: every check (`prepare`); the workdir lock (a second writer gets
+  `lock.WorkdirBusy` at once); the newest intact checkpoint (damaged ones are
+  set aside, `_restore_or_init`); compile; the first step; only then is
+  anything written (config.json, the checkpoints folder, metrics.jsonl,
+  wandb), so a run that fails before its first step leaves the workdir as it
+  was. SIGTERM / SIGINT (preemption) finish the current step, save a
+  checkpoint (with the data iterator's state) and return: resuming continues
+  bit-for-bit. One linear loop (flax / big_vision style): its ~90 lines read
+  top to bottom, the host-side metrics in `_Metrics` and the restore in
+  `_restore_or_init`.
 
   Returns:
     The final `TrainState` (one copy, not replicated).
 
   Raises:
+    checks.ConfigError: a bad config value, data that does not fit it, a
+      checkpoint of another model.
+    lock.WorkdirBusy: another process trains in `workdir`.
     train_step.NonFiniteError: a step had a non-finite loss or gradient norm;
       training stopped, the checkpoints on disk are those of earlier steps.
   """
-  exp = experiment.build(config)  # Validates the config first.
-  resume.check_config(config, workdir, write=True)
+  exp, it = prepare(config, workdir)
   tc, wd = config.train, Workdir(workdir)
   k = tc.steps_per_call
-  it = data.create(config.data, seed=config.seed, process_index=jax.process_index(),
-                   process_count=jax.process_count())
-  console.echo(f"model {config.model.name}: "
-               f"{sum(p.size for p in jax.tree.leaves(exp.abstract_state().params)):,} parameters")
-  mesh = placement.make_mesh()  # Every device of every process.
-  ckpt = checkpoint.Checkpointer(wd.checkpoints_dir, tc.keep_checkpoints)
-  state = _restore_or_init(exp, ckpt, it, mesh)
-  step = int(placement.to_host(state.step))
-  if step >= tc.num_steps:
-    console.echo(f"nothing to do: checkpoint step {step} >= train.num_steps={tc.num_steps}")
-    ckpt.close()
-    return state
-
-  compiled = compile_lib.compile_step(train_step.make_train_step(exp.loss_fn, exp.tx, config),
-                                      tc.parallel, mesh, steps_per_call=k)
-  # jit mode: each grid is split over all devices (where they divide it).
-  sample_fn = exp.sample_fn(mesh=mesh if tc.parallel == "jit" else None)
-  state = compiled.replicate(state)
-  writer = sinks.MetricWriter(workdir, config, start_step=step)
-  bar = console.ProgressBar(step, tc.num_steps)
-  wd.samples_dir.mkdir(parents=True, exist_ok=True)
-  console.echo(f"training from step {step} to {tc.num_steps} in {workdir}")
-
-  clock, compiling = _Metrics(step), True
+  held = lock_lib.hold(workdir, "train", echo=console.echo)
+  ckpt, writer, bar, started = None, None, None, False
   try:
+    console.echo(f"model {config.model.name}: "
+                 f"{sum(p.size for p in jax.tree.leaves(exp.abstract_state().params)):,} "
+                 "parameters")
+    mesh = placement.make_mesh()  # Every device of every process.
+    ckpt, state = _restore_or_init(exp, wd, it, mesh)
+    step = int(placement.to_host(state.step))
+    if step >= tc.num_steps:
+      console.echo(f"nothing to do: checkpoint step {step} >= train.num_steps={tc.num_steps}")
+      return state
+
+    compiled, sample_fn = _programs(exp, mesh)
+    state = compiled.replicate(state)
+    bar = console.ProgressBar(step, tc.num_steps)
+    console.echo(f"training from step {step} to {tc.num_steps} in {workdir}")
+
+    clock = _Metrics(step)
     with _stop_requests() as stop:
       while step < tc.num_steps:
         state, metrics = compiled(state, compiled.shard_batch(_next_batch(it, k)))
         clock.pending.append((step, metrics))
         step += k
         bar.update(k)
-        if compiling:  # The first call compiled the step: time the rest.
-          compiling = False
+        if not started:  # The first call compiled the step: time the rest, start the files.
           jax.block_until_ready(metrics)
           console.echo(f"compiled and ran the first train step in {time.time() - clock.t_log:.1f}s")
+          resume.write_config(config, workdir)
+          if ckpt is None:
+            ckpt = checkpoint.Checkpointer(wd.checkpoints_dir, tc.keep_checkpoints)
+          writer = sinks.MetricWriter(workdir, config, start_step=step - k)
+          if jax.process_index() == 0:
+            wd.samples_dir.mkdir(parents=True, exist_ok=True)
+          started = True
           clock.restart(step)
         last = step == tc.num_steps
         log, save = _every(step, tc.log_every) or last, _every(step, tc.ckpt_every) or last
@@ -226,6 +333,8 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
           row = clock.row(step)
           writer.write(step, row)
           bar.update(0, {"loss": row["loss"], "steps/s": row["steps_per_sec"]})
+          if held is not None:
+            held.refresh()
         if save:
           ckpt.save(step, compiled.unreplicate(state), it.get_state())
         if grid:
@@ -243,12 +352,24 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
           break
   except train_step.NonFiniteError as e:
     ckpt.wait_until_finished()
-    message = (f"training stopped: {e}. The last good checkpoint is step "
-               f"{ckpt.latest_step()} in {ckpt.directory}.")
-    console.echo(message)
-    raise train_step.NonFiniteError(e.step, e.metric, message) from e
+    good = ckpt.latest_step()
+    raise train_step.NonFiniteError(
+        e.step, e.metric, f"training stopped: {e}. The last good checkpoint is "
+        f"{'none yet' if good is None else f'step {good}'} in {ckpt.directory}.") from None
+  except OSError as e:  # A full disk, a lost mount: say what was written last.
+    if ckpt is not None:
+      try:
+        ckpt.wait_until_finished()
+      except Exception:  # pylint: disable=broad-except  (the same OS error again)
+        pass
+    last_good = ckpt.all_steps() if ckpt is not None else []
+    raise OSError(e.errno, f"{e.strerror or e}; the last good checkpoint is "
+                  f"{'step ' + str(last_good[-1]) if last_good else 'none'} in "
+                  f"{wd.checkpoints_dir}", e.filename) from e
   finally:
-    bar.close()
-    writer.close()
-    ckpt.close()
+    for close in (bar and bar.close, writer and writer.close, ckpt and ckpt.close):
+      if close:
+        close()
+    if held is not None:
+      held.release(remove_empty_workdir=not started)
   return placement.to_host(compiled.unreplicate(state))

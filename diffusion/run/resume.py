@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 
+from diffusion.core import checks
 from diffusion.run import sinks
 from diffusion.run.redact import flatten, redacted_config
 from diffusion.run.workdir import Workdir, read_json, write_json
@@ -66,12 +67,22 @@ def check_config(config, workdir, write: bool, mode: str = "train") -> None:
     changed = {k: v for k, v in config_changes(read_json(path), new).items()
                if not _resumable(k)}
     if changed and not config.allow_config_change:
-      lines = "\n".join(f"  {k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-      raise ValueError(
-          f"the config differs from {path} in keys that change what is trained:\n{lines}\n"
+      keys = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
+      raise checks.ConfigError(
+          f"the config differs from {path} in keys that change what is trained ({keys}); "
           f"{'use a new --workdir, or ' if mode == 'train' else ''}"
           f"pass --config.allow_config_change=True to {verbs[mode]} anyway")
   elif mode != "train":
-    raise FileNotFoundError(f"{wd.path} has no config.json: train there first")
-  if write and jax.process_index() == 0:
-    write_json(path, new, indent=2, sort_keys=True)
+    raise checks.ConfigError(f"{wd.path} has no config.json: train there first "
+                             "(or check --workdir)")
+  if write:
+    write_config(config, workdir)
+
+
+def write_config(config, workdir) -> None:
+  """Process 0 (over)writes ``workdir/config.json`` with `config`, redacted, atomically.
+
+  ``--mode train`` calls it once its first step has run, so a run that fails
+  earlier (bad data, an incompatible checkpoint) leaves config.json as it was."""
+  if jax.process_index() == 0:
+    write_json(Workdir(workdir).config_file, redacted_config(config), indent=2, sort_keys=True)

@@ -9,11 +9,14 @@ helpers below read and write through ``epath`` (no local-filesystem call)::
     metrics.jsonl                    one JSON row per logged step (`sinks.MetricWriter`)
     wandb_id.txt                     the wandb run id a resumed run continues (`sinks`)
     wandb/                           wandb's own files (offline-run-*/)
+    .lock                            held by the one trainer (`lock.WorkdirLock`)
     checkpoints/<step>/{state,data}  Orbax (`checkpoint.Checkpointer`)
+    checkpoints_damaged/<step>/      checkpoints that failed to verify, set aside
     samples/
       step_XXXXXX.png                a grid every train.sample_every steps
       final_XXXXXX.{png,npz,gif}     --mode sample: grid, all samples, reverse process
     eval/                            --mode eval
+      .lock                          held by the one evaluator
       rounds/<stem>.json             one round (stem: `eval.entries.spec_filename`)
       rounds/<stem>_stats.npz        that round's sample feature statistics
       results.json  results.md       all rounds and bits/dim
@@ -73,6 +76,11 @@ class Workdir:
   @property
   def checkpoints_dir(self) -> epath.Path:
     return self.path / "checkpoints"
+
+  @property
+  def damaged_dir(self) -> epath.Path:
+    """Where damaged checkpoints are moved (``checkpoints_damaged/<step>``), never deleted."""
+    return self.path / "checkpoints_damaged"
 
   @property
   def samples_dir(self) -> epath.Path:
