@@ -278,6 +278,7 @@ def get_config(arg=None):
   wb.group = ""  # Groups the runs of one ablation.
   wb.tags = ()  # Run tags.
   wb.name = ""  # Run name ("" = the workdir's basename).
+  wb.notes = ""  # Run notes (a description shown in the wandb UI).
 
   config.lock()
   return config

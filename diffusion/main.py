@@ -20,9 +20,20 @@ process (.gif) from a checkpoint; `--mode eval` writes FID / KID / IS per
 sampler of `config.eval.samplers` / `config.eval.specs` and bits/dim to workdir/eval/results.{json,md}
 (`modes.eval`); SIGTERM / SIGINT during training save a checkpoint and exit 0
 (resume with the same command).
+
+Errors: a bad config key, value, file or override, and every error of the
+package's own (data that cannot be read, a workdir another run holds, no
+intact checkpoint, a non-finite step, a full disk), print one line
+``error: ...`` on stderr naming what is wrong, and exit 2 (usage and config
+errors: `checks.ConfigError`) or 1 (runtime failures: `checks.RunError`,
+OS errors, a non-finite step); 130 on a second Ctrl-C. ``--debug`` (or
+``DIFFUSION_DEBUG=1``) prints the traceback too. Anything else is a bug and
+keeps its traceback.
 """
 import os
+import re
 import sys
+import traceback
 
 # Make `configs/` importable (experiment files import configs.default) when
 # run from anywhere; the package root is the repository root.
@@ -33,12 +44,10 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from diffusion.modes import eval as eval_mode  # noqa: E402
-from diffusion.dist import cluster  # noqa: E402
-from diffusion.modes import sample as sample_mode  # noqa: E402
-from diffusion.modes import train  # noqa: E402
+from diffusion.core import checks  # noqa: E402
 
 MODES = ("train", "sample", "eval")
+USAGE_EXIT, RUNTIME_EXIT, INTERRUPT_EXIT = 2, 1, 130
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (file.py or file.py:variant).", lock_config=True)
@@ -51,23 +60,126 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index, fr
 _HEARTBEAT = flags.DEFINE_integer(
     "heartbeat_timeout", 30, "Seconds after which the other processes of a multi-process "
     "run give up on one that stopped answering (they exit with an error).")
-flags.mark_flags_as_required(["config", "workdir"])
+_DEBUG = flags.DEFINE_bool(
+    "debug", False, "Print the traceback of an error, not only its one line "
+    "(also: DIFFUSION_DEBUG=1).")
+
+
+def debug_requested(argv=None) -> bool:
+  """``--debug`` (parsed or still in `argv`) or ``DIFFUSION_DEBUG=1``."""
+  if os.environ.get("DIFFUSION_DEBUG", "") not in ("", "0"):
+    return True
+  if flags.FLAGS.is_parsed():
+    return _DEBUG.value
+  return any(a in ("--debug", "--debug=true", "--debug=True") for a in (argv or sys.argv))
+
+
+def _one_line(text: str) -> str:
+  return " ".join(part.strip() for part in str(text).strip().splitlines() if part.strip())
+
+
+def _quiet_after_error() -> None:
+  """After the one line: background writers (Orbax's async saves) that fail the same
+  way again, and their objects torn down at exit, print nothing more."""
+  import logging as std_logging  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  std_logging.getLogger("asyncio").disabled = True  # "Task exception was never retrieved"
+  sys.unraisablehook = lambda unraisable: None  # "Exception ignored in: <coroutine ...>"
+  threading.excepthook = lambda args: None
+
+
+def _fail(message: str, code: int, error: BaseException | None = None) -> int:
+  debug = debug_requested()
+  if error is not None and debug:
+    traceback.print_exception(error)
+  print(f"error: {_one_line(message)}", file=sys.stderr, flush=True)
+  return code
+
+
+def report(error: BaseException) -> int:
+  """Prints `error` as one line on stderr (module doc) and returns the exit code."""
+  if isinstance(error, (checks.ConfigError, app.UsageError)):
+    return _fail(str(error), USAGE_EXIT, error)
+  if isinstance(error, (checks.RunError, FloatingPointError)):  # NonFiniteError too.
+    return _fail(str(error), RUNTIME_EXIT, error)
+  if isinstance(error, OSError):
+    where = f": {error.filename}" if error.filename else ""
+    what = error.strerror or str(error)
+    return _fail(f"{what}{where}", RUNTIME_EXIT, error)
+  if isinstance(error, KeyboardInterrupt):
+    return _fail(f"interrupted ({error or 'Ctrl-C'})", INTERRUPT_EXIT, error)
+  raise error  # A bug: the traceback is the report.
+
+
+def run(config, workdir: str, mode: str):
+  """Runs `mode` in `workdir` (the work of `main`, without flags or error reporting)."""
+  from diffusion.modes import eval as eval_mode  # pylint: disable=g-import-not-at-top
+  from diffusion.modes import sample as sample_mode  # pylint: disable=g-import-not-at-top
+  from diffusion.modes import train  # pylint: disable=g-import-not-at-top
+  if mode == "train":
+    return train.train_and_evaluate(config, workdir)
+  if mode == "sample":
+    return sample_mode.sample(config, workdir)
+  return eval_mode.evaluate(config, workdir)
+
+
+class _BackgroundErrorLogs:
+  """A logging filter for the command line: drops the ERROR records that Orbax's
+  background save / restore threads log (with their tracebacks) when a write or
+  read fails, and asyncio's "Task exception was never retrieved" for the same
+  tasks. The failure itself reaches the main thread and is printed as one line;
+  ``--debug`` keeps these records."""
+
+  def filter(self, record) -> bool:
+    if record.levelno < 40:  # Below logging.ERROR: kept.
+      return True
+    if "orbax" in (record.pathname or "").replace("\\", "/").split("/"):
+      return False
+    return not (record.name == "asyncio" and "never retrieved" in str(record.msg))
+
+
+def _quiet_background_logs() -> None:
+  import logging as std_logging  # pylint: disable=g-import-not-at-top
+  quiet = _BackgroundErrorLogs()
+  for logger in (std_logging.getLogger(), std_logging.getLogger("absl"),
+                 std_logging.getLogger("asyncio")):
+    logger.addFilter(quiet)
+    for handler in logger.handlers:
+      handler.addFilter(quiet)
+
+
+def execute(config, workdir: str, mode: str = "train", distributed=(None, None, None),
+            heartbeat_timeout: int = 30) -> int:
+  """What `main` does once the flags are parsed: starts `jax.distributed` if asked
+  (`distributed`: coordinator address, process count, process id), runs `mode`,
+  and reports an error as one line. Returns the exit code.
+
+  It also quiets what Orbax's background threads log when a save or restore
+  fails (the failure itself is the one line), unless ``--debug``.
+  """
+  debug = debug_requested()
+  if not debug:
+    _quiet_background_logs()
+  try:
+    from diffusion.dist import cluster  # pylint: disable=g-import-not-at-top
+    cluster.initialize_distributed(*distributed, heartbeat_timeout_seconds=heartbeat_timeout)
+    run(config, workdir, mode)
+  except (Exception, KeyboardInterrupt) as e:  # pylint: disable=broad-except
+    code = report(e)
+    if not debug:
+      _quiet_after_error()
+    return code
+  return 0
 
 
 def main(argv):
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    return _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)",
+                 USAGE_EXIT)
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
-  cluster.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
-                                  heartbeat_timeout_seconds=_HEARTBEAT.value)
-  config, workdir, mode = _CONFIG.value, _WORKDIR.value, _MODE.value
-  if mode == "train":
-    train.train_and_evaluate(config, workdir)
-  elif mode == "sample":
-    sample_mode.sample(config, workdir)
-  else:
-    eval_mode.evaluate(config, workdir)
+  return execute(_CONFIG.value, _WORKDIR.value, _MODE.value,
+                 (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value), _HEARTBEAT.value)
 
 
 # Config keys users had that now have another name or shape: the flag prefix and
@@ -84,9 +196,71 @@ def check_renamed(argv) -> None:
   for arg in argv[1:]:
     for prefix, message in RENAMED.items():
       if arg.startswith(prefix):
-        sys.exit(f"error: {arg.split('=')[0]}: {message}")
+        sys.exit(_fail(f"{arg.split('=')[0]}: {message}", USAGE_EXIT))
+
+
+def _config_arg(argv) -> str | None:
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      return arg.split("=", 1)[1]
+    if arg == "--config" and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def _override_of(argv, key: str) -> str:
+  """``config.a.<key>``: the part of the ``--config.a.<key>...`` flag of `argv` up to
+  the segment `key` (for messages)."""
+  for arg in argv:
+    parts = arg.split("=", 1)[0].lstrip("-").split(".")
+    if parts[0] == "config" and key in parts[1:]:
+      return ".".join(parts[:parts.index(key, 1) + 1])
+  return f"config.{key}"
+
+
+def parse_error(error: BaseException, argv) -> str:
+  """The one line for an error raised while absl parsed `argv` (flags, the config
+  file, its variant, the overrides)."""
+  text = str(error)
+  unknown = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
+  if unknown:
+    return f"{_override_of(argv, unknown.group(2))}: no such key; did you mean {unknown.group(1)}?"
+  if isinstance(error, (KeyError, AttributeError)):
+    key = re.sub(r"[\\'\"]", "", text).split()[0] if text.strip() else "?"
+    return f"{_override_of(argv, key)}: no such key"
+  lines = [line.strip() for line in text.splitlines() if line.strip()]
+  if "Traceback (most recent call last)" in text or "Failed loading config file" in text:
+    # config_flags quotes the config file's own error last, after its traceback.
+    last = lines[-1]
+    return f"{_config_arg(argv[1:])}: {re.sub(r'^[A-Za-z_.]*(Error|Exception): ', '', last)}"
+  return " ".join(lines)
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with every error (an unknown flag or config key, a
+  missing config file, a bad variant or override value) as one line, exit 2."""
+  check_renamed(argv)
+  config_arg = _config_arg(argv[1:])
+  if config_arg is not None:
+    path = config_arg.split(":", 1)[0]
+    if not os.path.isfile(path):
+      sys.exit(_fail(f"--config={config_arg}: no such config file {path!r} (run from the "
+                     "repository root, or give a path to a configs/*.py file)", USAGE_EXIT))
+  try:
+    rest = flags.FLAGS(argv)
+    missing = [n for n in ("config", "workdir") if flags.FLAGS[n].value is None]
+    if missing:
+      raise flags.Error(f"--{missing[0]} is required (e.g. --config=configs/digits_ddpm.py "
+                        "--workdir=/tmp/digits)")
+    _CONFIG.value  # pylint: disable=pointless-statement  (loads the file and its variant)
+  except SystemExit:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    if debug_requested(argv):
+      traceback.print_exception(e)
+    sys.exit(_fail(parse_error(e, argv), USAGE_EXIT))
+  return rest
 
 
 if __name__ == "__main__":
-  check_renamed(sys.argv)
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

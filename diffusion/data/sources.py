@@ -25,9 +25,23 @@ import pathlib
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from diffusion.core.checks import RunError
+
 SOURCES = ("digits", "files", "tfds")
 SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+
+class DataError(RunError):
+  """A data file that cannot be read or decoded; the message names the file."""
+
+
+def _why(e: BaseException) -> str:
+  text = str(e).strip().splitlines()
+  return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
 
 _MNIST_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -173,15 +187,21 @@ def _load_digits():
 def _read_idx(path: str) -> np.ndarray:
   """Reads an MNIST idx file (optionally gzipped) into a numpy array."""
   opener = gzip.open if path.endswith(".gz") else open
-  with opener(path, "rb") as f:
-    raw = f.read()
+  try:
+    with opener(path, "rb") as f:
+      raw = f.read()
+  except (OSError, EOFError, gzip.BadGzipFile) as e:  # Not gzip, truncated, unreadable.
+    kind = "gzipped " if path.endswith(".gz") else ""
+    raise DataError(f"{path} cannot be read as a {kind}MNIST idx file ({_why(e)}); "
+                    "download it again") from e
   if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-    raise ValueError(f"{path} is not an unsigned-byte idx file (bad magic number)")
+    raise DataError(f"{path} is not an unsigned-byte idx file (bad magic number)")
   ndim = raw[3]
   dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
   data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
   if data.size != int(np.prod(dims)):
-    raise ValueError(f"{path}: header says {dims} but holds {data.size} values")
+    raise DataError(f"{path}: its header says {dims} ({int(np.prod(dims))} values) but it "
+                    f"holds {data.size}: the file is truncated or damaged; download it again")
   return data.reshape(dims)
 
 
@@ -205,22 +225,54 @@ def _load_mnist_dir(directory: str, split: str):
 
 
 def _load_npz(path: str):
-  with np.load(path) as f:
-    keys = set(f.files)
-    image_key = next((k for k in ("image", "x") if k in keys), None)
-    if image_key is None:
-      raise KeyError(f"{path} has keys {sorted(keys)}; expected 'image' or 'x' "
-                     "(and optionally 'label' or 'y')")
-    images = f[image_key]
-    label_key = next((k for k in ("label", "y") if k in keys), None)
-    labels = (f[label_key].astype(np.int32) if label_key
-              else np.zeros(len(images), np.int32))
+  """``(images, labels, 256)`` of an .npz; `DataError` naming the file if it cannot be read."""
+  try:
+    with np.load(path, allow_pickle=False) as f:
+      arrays = {k: f[k] for k in f.files}
+  except Exception as e:  # pylint: disable=broad-except  (zip, pickle, truncation errors)
+    raise DataError(f"{path} cannot be read as an .npz file ({_why(e)}); expected "
+                    "np.savez output with key 'image' (or 'x') and optionally 'label' (or 'y')"
+                    ) from e
+  image_key = next((k for k in ("image", "x") if k in arrays), None)
+  if image_key is None:
+    raise KeyError(f"{path} has keys {sorted(arrays)}; expected 'image' or 'x' "
+                   "(and optionally 'label' or 'y')")
+  images = arrays[image_key]
+  label_key = next((k for k in ("label", "y") if k in arrays), None)
+  labels = (arrays[label_key].astype(np.int32) if label_key
+            else np.zeros(len(images), np.int32))
   if images.ndim == 3:
     images = images[..., None]
   if not np.issubdtype(images.dtype, np.integer):
     raise ValueError(f"{path}: '{image_key}' has dtype {images.dtype}; expected integer "
                      "pixels 0..255 (uint8)")
+  if len(labels) != len(images):
+    raise ValueError(f"{path}: {len(images)} images but {len(labels)} labels")
   return images, labels, 256
+
+
+def _check_image(path: str) -> str | None:
+  """Why the image file at `path` cannot be read (header and, where the format
+  has them, checksums: Pillow's verify), or None."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  try:
+    with Image.open(path) as im:
+      im.verify()
+  except Exception as e:  # pylint: disable=broad-except  (Pillow raises many kinds)
+    return _why(e)
+  return None
+
+
+def check_image_files(files: Sequence[str], threads: int = 8) -> None:
+  """`DataError` listing the files (up to 5, and how many) that `_check_image` rejects;
+  checked in parallel, once, when the folder is loaded."""
+  with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    problems = [(f, why) for f, why in zip(files, pool.map(_check_image, files)) if why]
+  if problems:
+    shown = "; ".join(f"{f} ({why})" for f, why in problems[:5])
+    more = f" and {len(problems) - 5} more" if len(problems) > 5 else ""
+    raise DataError(f"{len(problems)} of {len(files)} image files cannot be read: "
+                    f"{shown}{more}; remove or replace them")
 
 
 def _image_files(directory: str) -> list[str]:
@@ -252,8 +304,13 @@ def _load_image_folder(directory: str, config):
     labels = [0] * len(files)
   size, channels, crop = config.image_size, config.channels, crop_mode(config)
 
+  check_image_files(files)
+
   def get(i):
-    return _decode(files[i], size, channels, repr(files[i]), crop), labels[i]
+    try:
+      return _decode(files[i], size, channels, repr(files[i]), crop), labels[i]
+    except (OSError, SyntaxError) as e:  # Pillow: truncated or corrupt data.
+      raise DataError(f"{files[i]} cannot be decoded ({_why(e)})") from e
 
   get(0)  # Fail now, not mid-training, if the images cannot be fitted.
   return LazyExamples(len(files), get), None, 256
@@ -324,7 +381,12 @@ def _load_tfds(config, data_source=None):
 
   def get(i):
     example = data_source[i]
-    return _decode(example["image"], size, channels, what, crop), int(example.get("label", 0))
+    try:
+      image = _decode(example["image"], size, channels, what, crop)
+    except (OSError, SyntaxError) as e:
+      raise DataError(f"{what} example {i} of split {config.split!r} cannot be decoded "
+                      f"({_why(e)})") from e
+    return image, int(example.get("label", 0))
 
   return LazyExamples(len(data_source), get), None, 256
 

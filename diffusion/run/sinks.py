@@ -126,10 +126,11 @@ class WandbHook:
   """Sends metric rows and images to a wandb run, or does nothing.
 
   With ``config.wandb.mode`` "offline" or "online", `enabled` and on process 0,
-  starts ``wandb.init(project, group, tags, name, mode, dir=workdir,
+  starts ``wandb.init(project, group, tags, notes, name, mode, dir=workdir,
   config=<the flattened, redacted config>, id=<workdir/wandb_id.txt>,
   resume="allow")``: a resumed run continues the same wandb run. `name`
-  defaults to the workdir's basename, an empty `group` to none. Offline runs
+  defaults to the workdir's basename, an empty `group` to none; all of them
+  are `redact`ed (a secret typed as the run name is masked too). Offline runs
   are written to ``workdir/wandb/offline-run-*`` (images under
   ``files/media/images/``); upload them with ``wandb sync``. With "disabled"
   (or elsewhere) it is a no-op and wandb is not imported. The workdir must be
@@ -161,11 +162,17 @@ class WandbHook:
     holds_secret = redact_lib.argv_holds_secret(sys.argv[1:])
     settings = wandb.Settings(x_disable_meta=True) if holds_secret else None
     workdir = os.fspath(workdir)
+    # Every value that leaves the process is redacted, not only the config.
+    clean = redact_lib.redact({
+        "project": wb.project or None, "group": wb.group or None, "tags": _tags(wb.tags),
+        "notes": wb.get("notes", "") or None,
+        "name": wb.name or os.path.basename(os.path.normpath(os.path.abspath(workdir)))})
     self._run = wandb.init(
-        project=wb.project or None,
-        group=wb.group or None,
-        tags=_tags(wb.tags),
-        name=wb.name or os.path.basename(os.path.normpath(os.path.abspath(workdir))),
+        project=clean["project"],
+        group=clean["group"],
+        tags=clean["tags"],
+        notes=clean["notes"],
+        name=clean["name"],
         mode=mode,
         dir=workdir,
         config=run_config,
