@@ -42,8 +42,9 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 # The files whose setup runs CLI subprocesses, slowest first: started first, so
 # that with `-n 2 --dist loadfile` (README) the long ones overlap the rest.
-SLOW_FIRST = ("test_multihost.py", "test_train_smoke.py", "test_eval_mode.py",
-              "test_learning.py", "test_registry.py", "test_classifier.py", "test_compat.py")
+SLOW_FIRST = ("test_multihost.py", "test_reliability.py", "test_train_smoke.py",
+              "test_eval_mode.py", "test_learning.py", "test_registry.py", "test_classifier.py",
+              "test_compat.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

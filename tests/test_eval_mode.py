@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from configs import smoke
+from diffusion.core import checks
 from diffusion import experiment
 from diffusion.run import checkpoint
 from diffusion.data import iterator as data
@@ -209,10 +210,10 @@ def test_parse_sampler_spec():
 def test_errors_come_before_any_compute(tmp_path):
   config = smoke.get_config()
   config.eval.classifier_path = str(tmp_path / "none")
-  with pytest.raises(FileNotFoundError, match="config.eval.classifier_path.*classify.train"):
+  with pytest.raises(checks.ConfigError, match="config.eval.classifier_path.*classify.train"):
     eval_mode.evaluate(config, str(tmp_path / "w"))
   config.eval.features, config.eval.inception_weights = "inception", str(tmp_path / "x.npz")
-  with pytest.raises(FileNotFoundError, match="config.eval.inception_weights"):
+  with pytest.raises(checks.ConfigError, match="config.eval.inception_weights"):
     eval_mode.evaluate(config, str(tmp_path / "w"))
   config.eval.specs = ("ddim:steps=4,etta=1",)
   with pytest.raises(ValueError, match="unknown key 'etta'"):

@@ -7,6 +7,7 @@ that imports it; nothing in the repository is touched. `--mode sample` and
 """
 import json
 import os
+import re
 import pathlib
 import shutil
 import subprocess
@@ -171,6 +172,10 @@ def test_one_place_decides_the_domain():
 
 def test_the_old_eval_samplers_flag_names_the_new_key(capsys):
   from diffusion import main  # pylint: disable=g-import-not-at-top
-  with pytest.raises(SystemExit, match=r"config.eval.samplers is now a dict.*--config.eval.specs"):
+  with pytest.raises(SystemExit) as exit_info:
     main.check_renamed(["main", "--config.eval.samplers=('ddpm',)"])
+  assert exit_info.value.code == 2  # A usage error.
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and re.search(
+      r"^error: --config.eval.samplers: config.eval.samplers is now a dict.*--config.eval.specs", err)
   main.check_renamed(["main", "--config.eval.samplers.toy.scale=0.5"])  # A typed entry's key.

@@ -19,6 +19,7 @@ from PIL import Image
 import pytest
 
 from configs import smoke
+from diffusion.core import checks
 from diffusion.run import redact
 from diffusion.run import resume
 from diffusion.run import sinks
@@ -217,6 +218,8 @@ def test_secret_never_lands_under_workdir(tmp_path, monkeypatch):
   config.unlock()
   config.wandb.api_key = SECRET
   config.wandb.notes = f"key={SECRET}"  # Not a credential key: caught by value.
+  # The values wandb.init takes besides the config leave the process too.
+  config.wandb.name, config.wandb.group, config.wandb.tags = SECRET, SECRET, ("ok", SECRET)
   config.data.credentials = config_dict.ConfigDict({"hub": {"Token": SECRET}, "user": "me"})
   config.lock()
   resume.check_config(config, workdir, write=True)
@@ -230,6 +233,7 @@ def test_secret_never_lands_under_workdir(tmp_path, monkeypatch):
   assert saved["wandb"]["api_key"] == redact.REDACTED
   assert saved["data"]["credentials"] == redact.REDACTED
   assert saved["wandb"]["notes"] == redact.REDACTED
+  assert saved["wandb"]["name"] == saved["wandb"]["group"] == redact.REDACTED
   assert sinks.read_metrics(workdir)[0]["auth_token"] == redact.REDACTED
   assert _run_contents(_run_dirs(workdir)[0])[0]["wandb.api_key"] == redact.REDACTED
   walked = 0
@@ -278,7 +282,7 @@ def test_unknown_mode_raises(tmp_path):
 def test_check_config_modes(tmp_path):
   workdir, config = str(tmp_path / "run_m"), _config(mode="disabled")
   for mode in ("sample", "eval"):  # Reading a run needs its config.json.
-    with pytest.raises(FileNotFoundError, match="has no config.json"):
+    with pytest.raises(checks.ConfigError, match="has no config.json"):
       resume.check_config(config, workdir, write=False, mode=mode)
   with pytest.raises(ValueError, match=r"mode='serve' is unknown; valid: train, sample, eval"):
     resume.check_config(config, workdir, write=False, mode="serve")
