@@ -194,11 +194,23 @@ def test_redact():
   out = redact.redact(tree, secrets)
   r = redact.REDACTED
   assert out["wandb"] == {"api_key": r, "API-Key": r, "apiKey": r, "name": "n"}
-  assert out["hub"] == {"HF_TOKEN": r, "db_password": r, "credentials": r,
+  assert out["hub"] == {"HF_TOKEN": r, "db_password": r, "credentials": {"a": 1},
                         "client_secret": r, "empty_token": ""}
   assert (out["notes"], out["exact"], out["tags"]) == (r, r, ["a", r])
   assert (out["lr"], out["name"]) == (1e-3, "keyboard")
   assert tree["wandb"]["api_key"] == "abc"  # A copy.
+  # Values are masked, not keys that merely look like credentials: hyper-parameters
+  # named like tokens stay comparable (and the resume check sees them change).
+  params = {"token_dim": 512, "num_tokens": 77, "tokenizer": "bpe", "secretary": "ok",
+            "model": {"text": {"max_tokens": 64, "use_secret_sauce": True}},
+            "hub": {"token": "abc", "auth_token": "x", "secretKey": "y"},
+            "notes": "hf_" + "a1B2" * 9, "url": "ghp_" + "Z" * 36, "commit": "a" * 40}
+  out = redact.redact(params, frozenset())
+  assert out["token_dim"] == 512 and out["num_tokens"] == 77 and out["tokenizer"] == "bpe"
+  assert out["secretary"] == "ok" and out["model"] == params["model"]
+  assert out["hub"] == {"token": r, "auth_token": r, "secretKey": r}
+  assert (out["notes"], out["url"]) == (r, r)  # Credential formats, under innocent keys.
+  assert out["commit"] == "a" * 40  # A git hash is not a credential format.
   env = {"WANDB_API_KEY": "k" * 40, "MY_TOKEN": "tok-123456", "GH_SECRET": "shh!!",
          "DB_PASSWORD": "hunter22", "PATH": "/usr/bin", "SOME_KEY": "1"}
   assert redact.secret_values(env) == {"k" * 40, "tok-123456", "shh!!", "hunter22"}
@@ -231,7 +243,8 @@ def test_secret_never_lands_under_workdir(tmp_path, monkeypatch):
 
   saved = json.load(open(os.path.join(workdir, "config.json")))
   assert saved["wandb"]["api_key"] == redact.REDACTED
-  assert saved["data"]["credentials"] == redact.REDACTED
+  assert saved["data"]["credentials"] == {"hub": {"Token": redact.REDACTED},
+                                         "user": redact.REDACTED}
   assert saved["wandb"]["notes"] == redact.REDACTED
   assert saved["wandb"]["name"] == saved["wandb"]["group"] == redact.REDACTED
   assert sinks.read_metrics(workdir)[0]["auth_token"] == redact.REDACTED
