@@ -111,7 +111,9 @@ def test_toy_sampler_runs_from_the_cli(toy_runs):
   x_t = jax.random.normal(init_key, (4, 8, 8, 1), np.float32)
   t = np.full((4,), 99, np.int32)
   expected = np.clip(0.8 * np.asarray(exp.denoiser(params).x0(x_t, t)), -1.0, 1.0)
-  with np.load(toy_runs / "samples" / "final_000002.npz") as f:
+  (path,) = [p for p in (toy_runs / "samples").glob("final_000002_toy*.npz")
+              if not p.name.endswith(".uint8.npz")]  # Named by the sampler's settings.
+  with np.load(path) as f:
     np.testing.assert_allclose(f["images"], expected, atol=1e-6, rtol=0)
 
 

@@ -37,6 +37,9 @@ from diffusion.viz import images as visualize
 from diffusion.run import sinks
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
+# --mode sample's files: the step, then the sampler settings that differ from the
+# defaults and N (`modes.sample.output_tag`); the fixture samples DDIM with 10 steps.
+FINAL = "final_000006_ddim_num_steps-10_n6"
 
 
 def _command(workdir, flags, cache_dir):
@@ -143,26 +146,30 @@ def test_resume_continues_and_is_bit_identical(runs):
 def test_sample_png_and_sample_mode(runs):
   # num_samples=4 -> a 2x2 grid of 8x8 tiles upscaled 4x to 32, 2 px padding.
   side = 2 * (32 + 2) + 2
-  for name in ("step_000006.png", "final_000006.png"):
+  for name in ("step_000006.png", f"{FINAL}.png"):
     with Image.open(runs["full"] / "samples" / name) as im:
       assert im.size == (side, side) and im.mode == "L"
       assert np.asarray(im).std() > 0
   assert (runs["part"] / "samples" / "step_000004.png").exists()
-  with np.load(runs["full"] / "samples" / "final_000006.npz") as f:
+  with np.load(runs["full"] / "samples" / f"{FINAL}.npz") as f:
     images = f["images"]
   assert images.shape == (6, 8, 8, 1) and images.dtype == np.float32  # 4 + a call of 2.
+  # The same samples as ADM's evaluator reads them: uint8 "arr_0", round((x + 1) * 127.5).
+  with np.load(runs["full"] / "samples" / f"{FINAL}.uint8.npz") as f:
+    assert f.files == ["arr_0"] and f["arr_0"].dtype == np.uint8
+    np.testing.assert_array_equal(f["arr_0"], np.rint((images.astype(np.float64) + 1) * 127.5))
   assert images.min() >= -1.0 and images.max() <= 1.0 and images.std() > 0
   assert len({im.tobytes() for im in images}) == 6  # Each call has its own key.
   # The reverse process of the grid: ddim's 10 steps subsampled to 3 frames
   # (after steps 1, 5 and 10), the last one being the PNG grid. (Pillow merges
   # identical frames: DDIM's last two states differ by < 1/255.)
-  with Image.open(runs["full"] / "samples" / "final_000006.gif") as gif:
+  with Image.open(runs["full"] / "samples" / f"{FINAL}.gif") as gif:
     assert gif.n_frames == 3 and gif.size == (side, side) and gif.info["loop"] == 0
     frames = []
     for i in range(gif.n_frames):
       gif.seek(i)
       frames.append(np.asarray(gif.convert("L")))
-  with Image.open(runs["full"] / "samples" / "final_000006.png") as im:
+  with Image.open(runs["full"] / "samples" / f"{FINAL}.png") as im:
     np.testing.assert_array_equal(frames[-1], np.asarray(im))
   assert not np.array_equal(frames[0], frames[-1])
   np.testing.assert_array_equal(  # The grid shows the first 4 samples of the npz.
@@ -179,11 +186,19 @@ def test_discrete_model_samples_with_euler_maruyama(runs, tmp_path):
   _, _, sde = experiment.build(config).sampler()
   np.testing.assert_allclose([sde.beta_min, sde.beta_max], [0.01, 2.0], rtol=1e-5)
   png = sample_mode.sample(config, str(workdir))
-  with np.load(workdir / "samples" / "final_000006.npz") as f:
+  stem = "final_000006_euler_maruyama_num_steps-10_n4"  # The settings name the files.
+  assert png == str(workdir / "samples" / f"{stem}.png")
+  with np.load(workdir / "samples" / f"{stem}.npz") as f:
     images = f["images"]
   assert images.shape == (4, 8, 8, 1) and np.isfinite(images).all() and images.std() > 0.05
-  with Image.open(png) as im, Image.open(workdir / "samples" / "final_000006.gif") as gif:
+  with Image.open(png) as im, Image.open(workdir / "samples" / f"{stem}.gif") as gif:
     assert gif.n_frames == 5 and gif.size == im.size
+  # The same settings again: new files beside the first ones, none overwritten.
+  before = {p.name: p.read_bytes() for p in (workdir / "samples").iterdir()}
+  assert sample_mode.sample(config, str(workdir)) == str(workdir / "samples" / f"{stem}-2.png")
+  assert all((workdir / "samples" / n).read_bytes() == b for n, b in before.items())
+  with np.load(workdir / "samples" / f"{stem}-2.npz") as f:  # Deterministic: equal samples.
+    np.testing.assert_array_equal(f["images"], images)
   config = smoke.get_config("schedule=cosine,sampler=euler_maruyama")
   with pytest.raises(ValueError, match="diffusion.schedule='cosine'"):
     sample_mode.sample(config, str(workdir))

@@ -1,6 +1,7 @@
 """`--mode sample`: N samples, a grid and the reverse process from a trained workdir."""
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import jax
@@ -8,6 +9,7 @@ import numpy as np
 
 from diffusion import experiment
 from diffusion.core import checks
+from diffusion.eval import entries
 from diffusion.dist import placement
 from diffusion.run import checkpoint, console, resume
 from diffusion.run.workdir import Workdir, save_npz
@@ -22,11 +24,16 @@ def sample(config, workdir: str) -> str:
   discrete linear-schedule model also takes the continuous ones). Writes, under
   ``samples/``:
 
-  - ``final_XXXXXX.npz``: key "images", float32 ``[N, H, W, C]`` clipped to
-    [-1, 1], ``N = sample.num_samples``, drawn in calls of ``sample.batch_size``;
-  - ``final_XXXXXX.png``: a grid of the first ``G = min(N, sample.grid_size)``;
-  - ``final_XXXXXX.gif``: the reverse process of those G images, from noise
+  - ``final_XXXXXX_<tag>.npz``: key "images", float32 ``[N, H, W, C]`` clipped
+    to [-1, 1], ``N = sample.num_samples``, drawn in calls of ``sample.batch_size``;
+  - ``final_XXXXXX_<tag>.uint8.npz``: key "arr_0", the same samples as uint8
+    ``[N, H, W, C]`` (`to_uint8`), the file ADM's evaluator and FID tools read;
+  - ``final_XXXXXX_<tag>.png``: a grid of the first ``G = min(N, sample.grid_size)``;
+  - ``final_XXXXXX_<tag>.gif``: the reverse process of those G images, from noise
     to the grid, in ``<= sample.gif_frames`` frames.
+
+  ``<tag>`` names the sampler settings and N (`output_tag`); a file of that
+  name is never overwritten (``<tag>-2``, ... instead).
 
   The first G images come from one sampler call with the trajectory, key
   ``fold_in(sample_key, 0)``; the rest from calls ``c = 1, 2, ...`` with keys
@@ -69,13 +76,45 @@ def sample(config, workdir: str) -> str:
       chunks.append(placement.to_host(chunk_fn(params, jax.random.fold_in(exp.sample_key, c))))
   images = np.clip(np.concatenate(chunks)[:n], -1.0, 1.0).astype(np.float32)
 
-  out = {ext: Workdir(workdir).final_samples(step, ext) for ext in ("png", "npz", "gif")}
+  out = _outputs(Workdir(workdir), step, output_tag(record, options, n))
   if jax.process_index() == 0:
     visualize.save_png(out["png"], visualize.image_grid(images[:grid_n]))
     save_npz(out["npz"], images=images)
+    save_npz(out["uint8.npz"], arr_0=to_uint8(images))
     visualize.save_gif(out["gif"], visualize.reverse_process_frames(
         traj_x, first, s.gif_frames))
-  console.echo(f"wrote {n} samples to {out['npz']}, a grid of {grid_n} to {out['png']} and its "
-               f"reverse process to {out['gif']} ({s.method}, EMA params of step {step}, "
-               f"{time.time() - t0:.1f}s)")
+  console.echo(f"wrote {n} samples to {out['npz']} (uint8 arr_0: {out['uint8.npz']}), a grid "
+               f"of {grid_n} to {out['png']} and its reverse process to {out['gif']} "
+               f"({s.method}, EMA params of step {step}, {time.time() - t0:.1f}s)")
   return str(out["png"])
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+  """Samples in [-1, 1] as uint8 pixels ``round((x + 1) * 127.5)``, clipped to 0..255:
+  the quantisation of ADM's and score_sde's sample files (and of FID tools' inputs)."""
+  return np.clip(np.rint((np.asarray(images, np.float64) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def output_tag(record, options, num_samples: int) -> str:
+  """The sampler settings in a file name: the method, every option that differs
+  from its default, and N (``ddim_num_steps-50_eta-1.0_n1000``), so runs with other
+  settings write other files."""
+  try:
+    defaults = type(options)()
+  except TypeError:  # A user's options without defaults: name every field.
+    defaults = None
+  changed = [f"{f.name}={getattr(options, f.name)}" for f in dataclasses.fields(options)
+             if defaults is None or getattr(options, f.name) != getattr(defaults, f.name)]
+  spec = record.name + (":" + ",".join(changed) if changed else "")
+  return f"{entries.spec_filename(spec)}_n{num_samples}"
+
+
+def _outputs(wd: Workdir, step: int, tag: str) -> dict:
+  """The output paths of this tag, with ``-2``, ``-3``, ... appended to the tag when
+  a file of it exists already: a run never overwrites an earlier one's samples."""
+  exts = ("png", "npz", "uint8.npz", "gif")
+  n, name = 1, tag
+  while any(wd.final_samples(step, ext, name).exists() for ext in exts):
+    n += 1
+    name = f"{tag}-{n}"
+  return {ext: wd.final_samples(step, ext, name) for ext in exts}

@@ -14,7 +14,8 @@ helpers below read and write through ``epath`` (no local-filesystem call)::
     checkpoints_damaged/<step>/      checkpoints that failed to verify, set aside
     samples/
       step_XXXXXX.png                a grid every train.sample_every steps
-      final_XXXXXX.{png,npz,gif}     --mode sample: grid, all samples, reverse process
+      final_XXXXXX_<tag>.{png,npz,gif}  --mode sample: grid, all samples, reverse process
+      final_XXXXXX_<tag>.uint8.npz   the samples as uint8 "arr_0" [N, H, W, C] (ADM's format)
     eval/                            --mode eval
       .lock                          held by the one evaluator
       rounds/<stem>.json             one round (stem: `eval.entries.spec_filename`)
@@ -39,7 +40,7 @@ import numpy as np
 
 from diffusion.core import checks
 
-FINAL_EXTENSIONS = ("png", "npz", "gif")
+FINAL_EXTENSIONS = ("png", "npz", "gif", "uint8.npz")
 RESULTS_EXTENSIONS = ("json", "md")
 
 
@@ -90,9 +91,11 @@ class Workdir:
     """``samples/step_XXXXXX.png``: the grid sampled during training at `step`."""
     return self.samples_dir / f"step_{int(step):06d}.png"
 
-  def final_samples(self, step: int, ext: str) -> epath.Path:
-    """``samples/final_XXXXXX.<ext>`` of --mode sample; `ext` one of png, npz, gif."""
-    return self.samples_dir / f"final_{int(step):06d}.{_choice('ext', ext, FINAL_EXTENSIONS)}"
+  def final_samples(self, step: int, ext: str, tag: str = "") -> epath.Path:
+    """``samples/final_XXXXXX[_<tag>].<ext>`` of --mode sample; `ext` one of png, npz,
+    gif, uint8.npz; `tag` names the sampler settings (`modes.sample.output_tag`)."""
+    stem = f"final_{int(step):06d}" + (f"_{tag}" if tag else "")
+    return self.samples_dir / f"{stem}.{_choice('ext', ext, FINAL_EXTENSIONS)}"
 
   @property
   def eval_dir(self) -> epath.Path:

@@ -52,10 +52,12 @@ def load_config(spec: str):
 
 
 def latest_samples(workdir: str) -> str:
-  """The ``samples/final_<step>.npz`` of `workdir` with the largest step."""
+  """The float ``samples/final_<step>[_<tag>].npz`` of `workdir` with the largest step
+  (the newest file of that step; not the ``.uint8.npz`` copies)."""
   paths = Workdir(workdir).samples_dir.glob("final_*.npz")
-  steps = {str(p): int(m.group(1)) for p in paths
-           if (m := re.fullmatch(r"final_(\d+)\.npz", p.name))}
+  steps = {str(p): (int(m.group(1)), p.stat().mtime) for p in paths
+           if (m := re.fullmatch(r"final_(\d+)(_.+)?\.npz", p.name))
+           and not p.name.endswith(".uint8.npz")}
   if not steps:
     raise FileNotFoundError(
         f"no samples/final_*.npz in {workdir}: run `python -m diffusion.main --config ... "
