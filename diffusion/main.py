@@ -18,7 +18,8 @@ or DIFFUSION_DISTRIBUTED=1), before anything touches JAX's devices.
 `--mode sample` writes N samples (.npz), a grid (.png) and the reverse
 process (.gif) from a checkpoint; `--mode eval` writes FID / KID / IS per
 sampler of `config.eval.samplers` / `config.eval.specs` and bits/dim to workdir/eval/results.{json,md}
-(`modes.eval`); SIGTERM / SIGINT during training save a checkpoint and exit 0
+(`modes.eval`); `--mode export` writes the EMA parameters alone to
+workdir/export/ema_XXXXXX.npz (`modes.export`); SIGTERM / SIGINT during training save a checkpoint and exit 0
 (resume with the same command).
 
 Errors: a bad config key, value, file or override, and every error of the
@@ -46,7 +47,7 @@ from ml_collections import config_flags  # noqa: E402
 
 from diffusion.core import checks  # noqa: E402
 
-MODES = ("train", "sample", "eval")
+MODES = ("train", "sample", "eval", "export")
 USAGE_EXIT, RUNTIME_EXIT, INTERRUPT_EXIT = 2, 1, 130
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -114,12 +115,15 @@ def report(error: BaseException) -> int:
 def run(config, workdir: str, mode: str):
   """Runs `mode` in `workdir` (the work of `main`, without flags or error reporting)."""
   from diffusion.modes import eval as eval_mode  # pylint: disable=g-import-not-at-top
+  from diffusion.modes import export as export_mode  # pylint: disable=g-import-not-at-top
   from diffusion.modes import sample as sample_mode  # pylint: disable=g-import-not-at-top
   from diffusion.modes import train  # pylint: disable=g-import-not-at-top
   if mode == "train":
     return train.train_and_evaluate(config, workdir)
   if mode == "sample":
     return sample_mode.sample(config, workdir)
+  if mode == "export":
+    return export_mode.export(config, workdir)
   return eval_mode.evaluate(config, workdir)
 
 

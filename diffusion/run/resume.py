@@ -25,7 +25,7 @@ RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.ckpt_every",
                   "allow_config_change")
 # What each mode does anyway with --config.allow_config_change=True. "train"
 # may start a new workdir; the others read a trained one.
-MODES = (("train", "resume"), ("sample", "sample"), ("eval", "evaluate"))
+MODES = (("train", "resume"), ("sample", "sample"), ("eval", "evaluate"), ("export", "export"))
 
 
 def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:

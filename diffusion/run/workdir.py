@@ -16,6 +16,7 @@ helpers below read and write through ``epath`` (no local-filesystem call)::
       step_XXXXXX.png                a grid every train.sample_every steps
       final_XXXXXX_<tag>.{png,npz,gif}  --mode sample: grid, all samples, reverse process
       final_XXXXXX_<tag>.uint8.npz   the samples as uint8 "arr_0" [N, H, W, C] (ADM's format)
+    export/ema_XXXXXX.npz            --mode export: the EMA parameters alone (+ config)
     eval/                            --mode eval
       .lock                          held by the one evaluator
       rounds/<stem>.json             one round (stem: `eval.entries.spec_filename`)
@@ -96,6 +97,10 @@ class Workdir:
     gif, uint8.npz; `tag` names the sampler settings (`modes.sample.output_tag`)."""
     stem = f"final_{int(step):06d}" + (f"_{tag}" if tag else "")
     return self.samples_dir / f"{stem}.{_choice('ext', ext, FINAL_EXTENSIONS)}"
+
+  def export_file(self, step: int) -> epath.Path:
+    """``export/ema_XXXXXX.npz``: --mode export's EMA parameters of `step`."""
+    return self.path / "export" / f"ema_{int(step):06d}.npz"
 
   @property
   def eval_dir(self) -> epath.Path:
