@@ -99,6 +99,11 @@ def test_fid_is_the_distance_of_the_saved_statistics(run):
     assert f["features"].shape == (200, 32)  # kept_features=200 of the 200 references.
   assert ref.count == 200
   assert metrics.fid(ref, ref) == pytest.approx(0.0, abs=1e-8)
+  # The same statistics for other FID tools: pytorch-fid's / ADM's mu, sigma.
+  with np.load(ev / "reference_classifier_train.mu_sigma.npz") as f:
+    assert sorted(f.files) == ["mu", "sigma"]
+    np.testing.assert_array_equal(f["mu"], ref.mean)
+    np.testing.assert_array_equal(f["sigma"], ref.cov)
   for r in run["results"]["rounds"]:
     with np.load(ev / "rounds" / (sampler_specs.spec_filename(r["spec"]) + "_stats.npz")) as f:
       stats = metrics.FeatureStats.from_arrays(dict(f))

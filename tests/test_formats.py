@@ -1,4 +1,5 @@
-"""Standard formats beside the project's own: the EMA export (and, in
+"""Standard formats beside the project's own: the EMA export, FID statistics as
+pytorch-fid's / ADM's ``mu`` / ``sigma`` npz (and, in
 tests/test_train_smoke.py, the uint8 ``arr_0`` samples and the no-overwrite
 naming of --mode sample).
 
@@ -16,6 +17,9 @@ from configs import smoke
 from diffusion import experiment
 from diffusion.core import checks
 from diffusion.dist import placement
+from diffusion.eval import features
+from diffusion.eval import metrics
+from diffusion.eval import rounds
 from diffusion.modes import export
 from diffusion.run import checkpoint
 
@@ -59,3 +63,43 @@ def test_loading_a_file_that_is_no_export_names_it(tmp_path):
   np.savez(path, a=np.zeros(3))
   with pytest.raises(checks.ConfigError, match="is not an export of --mode export"):
     export.load(path)
+
+
+def _stats(rng, n, d, shift=0.0):
+  return metrics.FeatureStats(d).update(rng.normal(shift, 1.0, (n, d)))
+
+
+def test_fid_statistics_round_trip_through_the_pytorch_fid_layout(tmp_path):
+  rng = np.random.default_rng(0)
+  ref, sample = _stats(rng, 500, 6), _stats(rng, 400, 6, shift=0.3)
+  path = tmp_path / "stats.npz"
+  np.savez(path, **ref.to_mu_sigma())  # What pytorch-fid --save-stats writes: mu, sigma.
+  with np.load(path) as f:
+    assert sorted(f.files) == ["mu", "sigma"] and f["sigma"].dtype == np.float64
+    loaded = metrics.FeatureStats.from_mu_sigma(f["mu"], f["sigma"])
+  np.testing.assert_array_equal(loaded.mean, ref.mean)
+  np.testing.assert_allclose(loaded.cov, ref.cov, rtol=1e-15, atol=0)
+  # FID against the imported statistics is the FID against the originals (to rounding).
+  assert metrics.fid(sample, loaded) == pytest.approx(metrics.fid(sample, ref), rel=1e-12)
+  with pytest.raises(ValueError, match="mu must be"):
+    metrics.FeatureStats.from_mu_sigma(np.zeros(3), np.zeros((2, 2)))
+
+
+def test_published_mu_sigma_as_reference_gives_fid_only(tmp_path):
+  rng = np.random.default_rng(1)
+  ref = _stats(rng, 300, 4)
+  path = tmp_path / "published.npz"
+  np.savez(path, mu=ref.mean, sigma=ref.cov)
+  config = smoke.get_config()
+  config.eval.reference_stats = str(path)
+  stats, kept = features.reference_stats(config, str(tmp_path / "w"), extract=None)
+  assert kept is None
+  np.testing.assert_allclose(stats.cov, ref.cov, rtol=1e-15, atol=0)
+  # A round scored against it: FID as against the full statistics; KID and
+  # precision/recall need the reference's feature vectors, so they are None.
+  feats = rng.normal(0.2, 1.0, (40, 4))
+  extract = lambda images: (feats[: len(images)], np.zeros((len(images), 3)))
+  images = np.zeros((40, 8, 8, 1), np.float32)
+  row, sample_stats = rounds.score(config, [images], 40, 40, rounds.Reference(extract, stats, None))
+  assert row["fid"] == pytest.approx(metrics.fid(sample_stats, ref), rel=1e-12)
+  assert row["kid"] is None and row["precision"] is None and row["recall"] is None

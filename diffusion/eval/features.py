@@ -63,6 +63,12 @@ def extractor_id(e) -> str:
   return f"{e.features}:{os.path.abspath(path)}"
 
 
+def mu_sigma_path(path) -> epath.Path:
+  """``reference_x.npz`` -> ``reference_x.mu_sigma.npz``: the pytorch-fid layout."""
+  path = epath.Path(path)
+  return path.with_name(path.name[:-len(".npz")] + ".mu_sigma.npz")
+
+
 def reference_stats(config, workdir: str, extract):
   """``(FeatureStats, kept features)`` of the reference split; cached (see module doc)."""
   e = config.eval
@@ -70,6 +76,11 @@ def reference_stats(config, workdir: str, extract):
           else Workdir(workdir).reference_stats(e.features, e.reference_split))
   if cluster.same_on_all_processes(path.exists(), path):
     arrays = load_npz(path)
+    if metrics.is_mu_sigma(arrays):  # Published statistics: FID only (no kept features).
+      console.echo(f"reference statistics: mu / sigma of {path} (they must come from the "
+                   f"same extractor, {e.features}; KID and precision/recall need feature "
+                   "vectors and are left out)")
+      return metrics.FeatureStats.from_mu_sigma(arrays["mu"], arrays["sigma"]), None
     if str(arrays["extractor"]) != extractor_id(e):
       raise ValueError(f"{path} holds statistics of {arrays['extractor']}, not of "
                        f"{extractor_id(e)}: delete it or set config.eval.reference_stats")
@@ -92,5 +103,7 @@ def reference_stats(config, workdir: str, extract):
   kept = np.concatenate(kept)
   if jax.process_index() == 0:
     save_npz(path, **stats.to_arrays(), features=kept, extractor=extractor_id(e))
-  console.echo(f"reference statistics of {n} {e.reference_split} images -> {path}")
+    save_npz(mu_sigma_path(path), **stats.to_mu_sigma())
+  console.echo(f"reference statistics of {n} {e.reference_split} images -> {path} (and "
+               f"mu / sigma for other FID tools: {mu_sigma_path(path)})")
   return stats, kept

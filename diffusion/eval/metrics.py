@@ -74,6 +74,30 @@ class FeatureStats:
     mean = np.asarray(arrays["mean"], np.float64)
     return cls(mean.shape[0], int(arrays["count"]), mean, np.asarray(arrays["m2"], np.float64))
 
+  def to_mu_sigma(self) -> dict:
+    """``{"mu": mean [D], "sigma": cov [D, D]}`` (float64): the layout of
+    pytorch-fid's ``--save-stats`` files and of ADM's reference batches."""
+    return {"mu": self.mean, "sigma": self.cov}
+
+  @classmethod
+  def from_mu_sigma(cls, mu, sigma, count: int | None = None) -> "FeatureStats":
+    """Statistics from a published ``mu`` / ``sigma`` (e.g. pytorch-fid's npz).
+
+    Such files do not say how many vectors they summarise: without `count`
+    the statistics hold ``cov == sigma`` exactly (stored as 2 vectors), enough
+    for FID but not for `merge`.
+    """
+    mu, sigma = np.asarray(mu, np.float64), np.asarray(sigma, np.float64)
+    if mu.ndim != 1 or sigma.shape != (mu.shape[0], mu.shape[0]):
+      raise ValueError(f"mu must be [D] and sigma [D, D]; got {mu.shape} and {sigma.shape}")
+    n = 2 if count is None else int(count)
+    return cls(mu.shape[0], n, mu.copy(), sigma * (n - 1))
+
+
+def is_mu_sigma(arrays) -> bool:
+  """Whether an npz's arrays are a published ``mu`` / ``sigma`` pair (no m2, count)."""
+  return "mu" in arrays and "sigma" in arrays and "m2" not in arrays
+
 
 def _sqrtm_psd(a: np.ndarray) -> np.ndarray:
   w, v = np.linalg.eigh((a + a.T) / 2)

@@ -23,11 +23,12 @@ _NOT_SETTINGS = ("num_samples", "batch_size", "grid_size", "gif_frames", "checkp
 @dataclasses.dataclass(frozen=True)
 class Reference:
   """What every round is scored against: the extractor ``images -> (features,
-  logits)``, the reference `metrics.FeatureStats` and its kept feature vectors."""
+  logits)``, the reference `metrics.FeatureStats` and its kept feature vectors
+  (None for published mu / sigma statistics: then KID and precision/recall are None)."""
 
   extract: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
   stats: Any
-  kept: np.ndarray
+  kept: np.ndarray | None
 
 
 def batch_size(config, n: int, mesh) -> int:
@@ -51,11 +52,14 @@ def score(config, local_chunks, n: int, bs: int, ref: Reference) -> tuple[dict, 
     kept.append(feats[:max(0, e.kept_features - c * bs)])
     logits.append(np.asarray(lg, np.float32))
   kept, logits = np.concatenate(kept), np.concatenate(logits)
-  kid_mean, kid_std = metrics.kid(kept, ref.kept, num_subsets=e.kid_subsets,
-                                   subset_size=e.kid_subset_size, seed=config.seed)
   is_mean, is_std = metrics.inception_score(logits, num_splits=min(e.is_splits, n))
-  k = min(len(kept), len(ref.kept))
-  precision, recall = metrics.precision_recall(ref.kept[:k], kept[:k]) if k > 3 else (None, None)
+  kid_mean = kid_std = precision = recall = None
+  if ref.kept is not None:  # None: published mu / sigma, FID only.
+    kid_mean, kid_std = metrics.kid(kept, ref.kept, num_subsets=e.kid_subsets,
+                                     subset_size=e.kid_subset_size, seed=config.seed)
+    k = min(len(kept), len(ref.kept))
+    if k > 3:
+      precision, recall = metrics.precision_recall(ref.kept[:k], kept[:k])
   return {"num_samples": n, "fid": metrics.fid(stats, ref.stats), "kid": kid_mean,
           "kid_std": kid_std, "inception_score": is_mean, "inception_score_std": is_std,
           "precision": precision, "recall": recall}, stats

@@ -142,7 +142,8 @@ def _evaluate(config, workdir, exp, entries, mesh, extract) -> dict:
     if jax.process_index() == 0:
       save_npz(wd.round_stats(spec_filename(name)), **stats.to_arrays())
     cache.save(path, row)
-    console.echo(f"eval: {name}: FID {row['fid']:.4f}, KID {row['kid']:.5f}, "
+    kid = "-" if row["kid"] is None else f"{row['kid']:.5f}"
+    console.echo(f"eval: {name}: FID {row['fid']:.4f}, KID {kid}, "
                  f"IS {row['inception_score']:.3f}, {row['time_s']:.2f}s")
     done_rounds.append(row)
 
