@@ -5,6 +5,7 @@ import gzip
 import io
 import json
 import os
+import shutil
 import sys
 import time
 
@@ -64,6 +65,16 @@ def test_image_folder_flat_split_and_gray_to_rgb(tmp_path):
   assert sorted(pix[:, 0, 0, 0].tolist()) == [100, 101, 102]
   config.update(split="test", batch_size=1)
   assert _to_uint8(next(data.create(config, seed=0))["image"]).max() == 7
+  # A folder without test/ is one split, its training images: "test" is refused,
+  # so bits/dim or a data row never score training images as test images.
+  shutil.rmtree(tmp_path / "test")
+  shutil.move(str(tmp_path / "train"), str(tmp_path / "flat"))
+  config.update(data_dir=str(tmp_path / "flat"))
+  with pytest.raises(ValueError, match=r"has no test/ subfolder, so its images are the "
+                                       r"training images.*set that key to 'train'"):
+    data.create(config, seed=0)
+  config.update(split="train", batch_size=3)
+  assert next(data.create(config, seed=0))["image"].shape == (3, 8, 8, 3)
 
 
 def test_files_errors(tmp_path):

@@ -285,6 +285,13 @@ def _load_image_folder(directory: str, config):
   """Image files under `directory`; one subfolder per class gives the labels."""
   if os.path.isdir(os.path.join(directory, config.split)):
     directory = os.path.join(directory, config.split)
+  elif config.split != "train":  # The folder's images are its one split: the training set.
+    raise ValueError(
+        f"config.data.split={config.split!r}: image folder {directory!r} has no "
+        f"{config.split}/ subfolder, so its images are the training images; scoring them "
+        f"as {config.split!r} (eval.bpd_split, eval.reference_split, eval.baseline_split) "
+        f"would score training images. Add {directory}/{config.split}/ (and "
+        f"{directory}/train/), or set that key to 'train' to do so knowingly")
   subdirs = sorted(d for d in os.listdir(directory)
                    if os.path.isdir(os.path.join(directory, d)))
   classes = [d for d in subdirs if _image_files(os.path.join(directory, d))]
