@@ -8,6 +8,7 @@ one round file is deleted, so only that round is recomputed.
 """
 import json
 import os
+import re
 import pathlib
 import shutil
 import subprocess
@@ -152,6 +153,15 @@ def test_killed_eval_resumes_with_only_the_missing_round(run):
   before, after = run["results_first"]["rounds"][2], run["results"]["rounds"][2]
   for key in ("fid", "kid", "inception_score"):
     assert after[key] == pytest.approx(before[key], rel=1e-6)
+
+
+def test_every_unit_of_work_shows_a_progress_bar(run):
+  # tqdm on stderr: each bar's last state is "<desc>: 100%|...| done/total [elapsed<ETA...".
+  out = run["first"].replace("\r", "\n")
+  for spec in ("data:test",) + SPECS:  # 20 images in calls of 10.
+    assert re.search(rf"eval {re.escape(spec)}: 100%.*\| 2/2 \[", out), spec
+  assert re.search(r"reference statistics: 100%.*\| 13/13 \[", out)  # 200 in batches of 16.
+  assert re.search(r"bits/dim: 100%.*\| 1/1 \[", out)  # 8 images in one batch.
 
 
 def test_bits_per_dim_once_per_model(run):

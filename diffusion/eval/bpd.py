@@ -7,6 +7,7 @@ import jax
 import numpy as np
 
 from diffusion.core import likelihood, processes
+from diffusion.run import console
 from diffusion.data import iterator as data
 from diffusion.dist import cluster
 from diffusion.dist import placement
@@ -45,7 +46,9 @@ def bits_per_dim(exp, params, rng, mesh=None) -> dict:
                                    method="rk45", divergence="hutchinson")
 
   values, done, c = [], 0, 0
+  bar = console.progress(None, "bits/dim", unit="batch", total=-(-e.bpd_num // it.batch_size))
   while done < e.bpd_num:
+    bar.update(1)
     batch = shard({k: v for k, v in next(it).items() if k in ("image", "label")})
     args = (params, batch["image"], batch["label"], jax.random.fold_in(rng, c))
     if c == 0:  # Compiled ahead; all processes compiled before the first collective.
@@ -53,6 +56,7 @@ def bits_per_dim(exp, params, rng, mesh=None) -> dict:
       cluster.barrier("eval_bpd")
     values.append(placement.to_host(compiled(*args))[:e.bpd_num - done])
     done, c = done + len(values[-1]), c + 1
+  bar.close()
   values = np.concatenate(values)
   method = ("ddpm_vlb: DDPM variational bound (total), discretised Gaussian decoder on the "
             f"{levels}-level data, no dequantisation noise" if discrete else

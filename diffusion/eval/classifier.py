@@ -18,6 +18,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from diffusion.models.classifier import Classifier
+from diffusion.run import console
 
 
 def train(images, labels, *, num_classes=10, steps=500, batch_size=128, lr=1e-3, seed=0,
@@ -45,7 +46,7 @@ def train(images, labels, *, num_classes=10, steps=500, batch_size=128, lr=1e-3,
   order = np.random.default_rng(seed)
   n = images.shape[0]
   perm, pos = order.permutation(n), 0
-  for i in range(steps):
+  for i in console.progress(range(steps), "classifier", unit="step"):
     if pos + batch_size > n:
       perm, pos = order.permutation(n), 0
     idx = perm[pos:pos + batch_size]

@@ -94,12 +94,15 @@ def reference_stats(config, workdir: str, extract):
   total = it.batches_per_epoch * dc.batch_size
   n = min(e.reference_num, total) if e.reference_num > 0 else total
   stats, kept, done = None, [], 0
+  bar = console.progress(None, "reference statistics", unit="batch", total=-(-n // dc.batch_size))
   while done < n:
+    bar.update(1)
     feats, _ = extract(next(it)["image"])
     feats = placement.gather_rows(feats)[:n - done]
     stats = (stats or metrics.FeatureStats(feats.shape[1])).update(feats)
     kept.append(feats[:max(0, e.kept_features - done)])
     done += len(feats)
+  bar.close()
   kept = np.concatenate(kept)
   if jax.process_index() == 0:
     save_npz(path, **stats.to_arrays(), features=kept, extractor=extractor_id(e))

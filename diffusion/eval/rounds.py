@@ -13,6 +13,7 @@ import numpy as np
 from diffusion.data import iterator as data
 from diffusion.dist import cluster
 from diffusion.dist import placement
+from diffusion.run import console
 from diffusion.eval import metrics
 from diffusion.eval import entries as specs
 
@@ -38,13 +39,16 @@ def batch_size(config, n: int, mesh) -> int:
   return -(-min(config.eval.batch_size, n) // k) * k
 
 
-def score(config, local_chunks, n: int, bs: int, ref: Reference) -> tuple[dict, object]:
+def score(config, local_chunks, n: int, bs: int, ref: Reference,
+          desc: str = "eval") -> tuple[dict, object]:
   """Metrics of `n` images that arrive as calls of `bs`: `local_chunks` yields
   this process's rows of each call (all of it with one process); features are
-  extracted per process and gathered in order, the last call cut to `n`."""
+  extracted per process and gathered in order, the last call cut to `n`. A
+  progress bar (`desc`, one step per call, with ETA) shows on process 0."""
   e = config.eval
   stats, kept, logits = None, [], []
-  for c, images in enumerate(local_chunks):
+  calls = console.progress(local_chunks, desc, unit="call", total=-(-n // bs))
+  for c, images in enumerate(calls):
     feats, lg = ref.extract(np.clip(images, -1.0, 1.0))
     feats = placement.gather_rows(feats)[:n - c * bs]
     lg = placement.gather_rows(lg)[:n - c * bs]
@@ -92,7 +96,7 @@ def sampler_round(exp, entry: specs.Entry, params, ref: Reference, mesh=None):
       timing["sample_s"] += time.perf_counter() - t0
       yield placement.local_rows(x)
 
-  scores, stats = score(exp.config, chunks(), n, bs, ref)
+  scores, stats = score(exp.config, chunks(), n, bs, ref, desc=f"eval {entry.name}")
   s, sample_s = cfg.sample, timing["sample_s"]
   row = {"spec": entry.name, "method": s.method, "steps": specs.sampler_steps(cfg),
          "nfe": specs.nfe(cfg),
@@ -116,7 +120,7 @@ def data_round(config, ref: Reference, mesh=None):
     raise ValueError(f"config.eval.baseline_split={e.baseline_split!r} has fewer than "
                      f"config.eval.num_samples={n} images in calls of {bs}")
   chunks = (next(it)["image"] for _ in range(-(-n // bs)))
-  scores, stats = score(config, chunks, n, bs, ref)
+  scores, stats = score(config, chunks, n, bs, ref, desc=f"eval data:{e.baseline_split}")
   return {"spec": f"data:{e.baseline_split}", "method": "data", "steps": 0, "nfe": 0,
           "settings": {"split": e.baseline_split}, **scores, "time_s": 0.0, "compile_s": 0.0,
           "samples_per_s": None}, stats
