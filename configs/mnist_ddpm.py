@@ -15,27 +15,25 @@ Sources of the numbers:
 - Sampling: 1000 ancestral DDPM steps (the paper); `:sampler=ddim,steps=100`
   is the fast variant.
 
-Data: `source="files"` reads the MNIST idx files in `../shared/data/mnist`
-(relative to the repository root, resolved here to an absolute path);
-`--config.data.data_dir=/path/to/mnist` overrides it. Variant `source=tfds`
-reads TFDS "mnist" instead (data_dir then "" = TFDS's default directory).
+Data: `source="files"` reads the MNIST idx files in
+`diffusion.data.prepare.dataset_dir("mnist")` (``$DIFFUSION_DATA/mnist``, by
+default ``~/.cache/diffusion/data/mnist``), where `python -m diffusion.data
+prepare mnist` puts them; `--config.data.data_dir=/path/to/mnist` overrides
+it. Variant `source=tfds` reads TFDS "mnist" instead (data_dir then "" =
+TFDS's default directory).
 
 Variants: `mnist_ddpm.py:key=value,...` with the keys of
 `default.VARIANT_KEYS` plus `source` (files | tfds).
 """
-import os
-
 from configs import default
 from configs import families
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MNIST_DIR = os.path.normpath(os.path.join(ROOT, "..", "shared", "data", "mnist"))
+from diffusion.data import prepare
 
 
 def layers():
   """`families.ddpm_28x28`, then the MNIST idx files."""
   return families.stack(families.ddpm_28x28(), dict(
-      data=dict(source="files", name="mnist", data_dir=MNIST_DIR)))
+      data=dict(source="files", name="mnist", data_dir=prepare.dataset_dir("mnist"))))
 
 
 def get_config(arg=None):

@@ -4,7 +4,7 @@
 
 The README's MNIST result table comes from this config (no accelerator was
 available to the project when it was made). Same data (the real MNIST idx files
-in ``../shared/data/mnist``), the same noise process (Ho et al. 2020: linear
+in ``$DIFFUSION_DATA/mnist``: `python -m diffusion.data prepare mnist`), the same noise process (Ho et al. 2020: linear
 betas 1e-4 .. 0.02, T = 1000, eps prediction, simple loss) and the same
 samplers as `mnist_ddpm.py`. What is scaled down, and why:
 

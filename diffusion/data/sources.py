@@ -341,9 +341,13 @@ def _load_files(config):
         "subfolder per class), or an .npz file")
   if path.endswith(".npz") and os.path.isfile(path):
     return _load_npz(path)
+  if not os.path.exists(path):
+    from diffusion.data import prepare  # pylint: disable=g-import-not-at-top
+    raise FileNotFoundError(f"config.data.data_dir={path!r} does not exist; "
+                            f"{prepare.how_to_get(config.name)}")
   raise FileNotFoundError(
-      f"config.data.data_dir={path!r} does not exist or is neither a directory (of MNIST "
-      "idx files or of images) nor an .npz file")
+      f"config.data.data_dir={path!r} is neither a directory (of MNIST idx files or of "
+      "images) nor an .npz file")
 
 
 def _tfds_not_available(name: str, data_dir: str, why: str) -> ValueError:
@@ -378,7 +382,9 @@ def _load_tfds(config, data_source=None):
       raise ValueError(
           f"TFDS dataset {name!r} in {builder.data_path} cannot be read with random access "
           f"({type(e).__name__}: {e}); it must be prepared with file_format='array_record' "
-          "(convert a tfrecord copy with `tfds convert_format`)") from None
+          f"(convert a tfrecord copy in place with `tfds convert_format --dataset_version_dir="
+          f"{builder.data_path} "
+          "--out_file_format=array_record`)") from None
   size, channels, crop = config.image_size, config.channels, crop_mode(config)
   what = f"TFDS {name!r}"
   first = data_source[0]
