@@ -110,10 +110,10 @@ def test_tfds_configs_name_their_dataset(name):
     assert 50 <= config.sample.num_steps <= 100
 
 
-def test_mnist_reads_the_shared_idx_files_or_tfds():
+def test_mnist_reads_the_prepared_idx_files_or_tfds(monkeypatch, tmp_path):
+  monkeypatch.setenv("DIFFUSION_DATA", str(tmp_path))  # Where `diffusion.data prepare` writes.
   config = _get("mnist_ddpm")
-  assert config.data.source == "files" and os.path.isabs(config.data.data_dir)
-  assert pathlib.Path(config.data.data_dir) == (ROOT / ".." / "shared" / "data" / "mnist").resolve()
+  assert config.data.source == "files" and config.data.data_dir == str(tmp_path / "mnist")
   assert (config.data.image_size, config.data.channels) == (28, 1)
   config = _get("mnist_ddpm", "source=tfds")
   assert (config.data.source, config.data.name, config.data.data_dir) == ("tfds", "mnist", "")

@@ -22,7 +22,7 @@ from diffusion.data import prepare
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_a_clone_without_shared_data_names_the_way_to_get_mnist(tmp_path):
+def test_a_fresh_clone_names_the_way_to_get_mnist(tmp_path):
   clone = tmp_path / "clone"  # No "shared" folder beside it.
   subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True, timeout=120)
   env = dict(os.environ, DIFFUSION_DATA=str(tmp_path / "data"), JAX_PLATFORMS="cpu")
@@ -36,7 +36,7 @@ def test_a_clone_without_shared_data_names_the_way_to_get_mnist(tmp_path):
   want = str(tmp_path / "data" / "mnist")
   assert line.startswith(f"error: config.data.data_dir={want!r} does not exist; get it with "
                          "`python -m diffusion.data prepare mnist`"), line
-  assert "shared" not in line and not (tmp_path / "w").exists()
+  assert "shared/data" not in line and not (tmp_path / "w").exists()
 
 
 def _idx(path, shape, value=0):
