@@ -267,6 +267,9 @@ def get_config(arg=None):
   # A first row "data:<split>": eval.num_samples real images of this split scored
   # like samples (each metric's floor at this N); "" = no such row.
   ev.baseline_split = ""
+  # Score samples (and the data row) quantised to 256 levels, as the published
+  # protocol does (FID of uint8 image files); False scores the float samples.
+  ev.quantize = True
   ev.bpd = True  # Bits/dim once per model (DDPM bound if discrete, ODE if continuous).
   ev.bpd_num = 1000  # Images of bpd_split for bits/dim.
   ev.bpd_split = "test"  # "train" | "test".

@@ -103,3 +103,24 @@ def test_published_mu_sigma_as_reference_gives_fid_only(tmp_path):
   row, sample_stats = rounds.score(config, [images], 40, 40, rounds.Reference(extract, stats, None))
   assert row["fid"] == pytest.approx(metrics.fid(sample_stats, ref), rel=1e-12)
   assert row["kid"] is None and row["precision"] is None and row["recall"] is None
+
+
+def test_eval_scores_samples_quantised_to_uint8_like_the_published_protocol():
+  rng = np.random.default_rng(2)
+  images = rng.uniform(-1.2, 1.2, (5, 4, 4, 1)).astype(np.float32)
+  seen = {}
+
+  def extract(x):
+    seen["x"] = x
+    return np.zeros((len(x), 2)), np.zeros((len(x), 3))
+
+  config = smoke.get_config()
+  ref = rounds.Reference(extract, metrics.FeatureStats(2).update(rng.normal(size=(9, 2))), None)
+  rounds.score(config, [images], 5, 5, ref)
+  assert config.eval.quantize  # The default.
+  levels = np.rint((np.clip(images, -1, 1) + np.float32(1)) * np.float32(127.5))
+  np.testing.assert_array_equal(seen["x"], levels.astype(np.float32) / np.float32(127.5) - 1)
+  assert len(np.unique(seen["x"])) <= 256 and seen["x"].min() == -1 and seen["x"].max() == 1
+  config.eval.quantize = False
+  rounds.score(config, [images], 5, 5, ref)
+  np.testing.assert_array_equal(seen["x"], np.clip(images, -1, 1))

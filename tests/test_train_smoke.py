@@ -157,7 +157,7 @@ def test_sample_png_and_sample_mode(runs):
   # The same samples as ADM's evaluator reads them: uint8 "arr_0", round((x + 1) * 127.5).
   with np.load(runs["full"] / "samples" / f"{FINAL}.uint8.npz") as f:
     assert f.files == ["arr_0"] and f["arr_0"].dtype == np.uint8
-    np.testing.assert_array_equal(f["arr_0"], np.rint((images.astype(np.float64) + 1) * 127.5))
+    np.testing.assert_array_equal(f["arr_0"], np.rint((images + np.float32(1)) * np.float32(127.5)))
   assert images.min() >= -1.0 and images.max() <= 1.0 and images.std() > 0
   assert len({im.tobytes() for im in images}) == 6  # Each call has its own key.
   # The reverse process of the grid: ddim's 10 steps subsampled to 3 frames

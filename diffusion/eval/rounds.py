@@ -14,6 +14,7 @@ from diffusion.data import iterator as data
 from diffusion.dist import cluster
 from diffusion.dist import placement
 from diffusion.run import console
+from diffusion.viz import images as visualize
 from diffusion.eval import metrics
 from diffusion.eval import entries as specs
 
@@ -39,6 +40,17 @@ def batch_size(config, n: int, mesh) -> int:
   return -(-min(config.eval.batch_size, n) // k) * k
 
 
+def extractor_input(images, quantize: bool) -> np.ndarray:
+  """What the feature extractor sees: the images clipped to [-1, 1] and, with
+  `quantize` (``eval.quantize``, the published protocol), rounded to the 256
+  levels of the uint8 files FID is computed on elsewhere (ADM's evaluator,
+  pytorch-fid on PNGs): ``to_uint8(x) / 127.5 - 1``."""
+  x = np.clip(np.asarray(images, np.float32), -1.0, 1.0)
+  if not quantize:
+    return x
+  return visualize.to_uint8(x).astype(np.float32) / np.float32(127.5) - np.float32(1.0)
+
+
 def score(config, local_chunks, n: int, bs: int, ref: Reference,
           desc: str = "eval") -> tuple[dict, object]:
   """Metrics of `n` images that arrive as calls of `bs`: `local_chunks` yields
@@ -49,7 +61,7 @@ def score(config, local_chunks, n: int, bs: int, ref: Reference,
   stats, kept, logits = None, [], []
   calls = console.progress(local_chunks, desc, unit="call", total=-(-n // bs))
   for c, images in enumerate(calls):
-    feats, lg = ref.extract(np.clip(images, -1.0, 1.0))
+    feats, lg = ref.extract(extractor_input(images, e.quantize))
     feats = placement.gather_rows(feats)[:n - c * bs]
     lg = placement.gather_rows(lg)[:n - c * bs]
     stats = (stats or metrics.FeatureStats(feats.shape[1])).update(feats)

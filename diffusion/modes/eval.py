@@ -115,7 +115,8 @@ def _evaluate(config, workdir, exp, entries, mesh, extract) -> dict:
                                                  warn=console.echo)
   wd = Workdir(workdir)
   wd.rounds_dir.mkdir(parents=True, exist_ok=True)
-  ident = {"step": step, "num_samples": e.num_samples, "features": features.extractor_id(e)}
+  ident = {"step": step, "num_samples": e.num_samples, "features": features.extractor_id(e),
+           "quantize": bool(e.quantize)}
 
   ref, done_rounds = None, []
   todo = ([f"data:{e.baseline_split}"] if e.baseline_split else []) + entries

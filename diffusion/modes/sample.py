@@ -27,7 +27,7 @@ def sample(config, workdir: str) -> str:
   - ``final_XXXXXX_<tag>.npz``: key "images", float32 ``[N, H, W, C]`` clipped
     to [-1, 1], ``N = sample.num_samples``, drawn in calls of ``sample.batch_size``;
   - ``final_XXXXXX_<tag>.uint8.npz``: key "arr_0", the same samples as uint8
-    ``[N, H, W, C]`` (`to_uint8`), the file ADM's evaluator and FID tools read;
+    ``[N, H, W, C]`` (`viz.images.to_uint8`), the file ADM's evaluator and FID tools read;
   - ``final_XXXXXX_<tag>.png``: a grid of the first ``G = min(N, sample.grid_size)``;
   - ``final_XXXXXX_<tag>.gif``: the reverse process of those G images, from noise
     to the grid, in ``<= sample.gif_frames`` frames.
@@ -80,19 +80,13 @@ def sample(config, workdir: str) -> str:
   if jax.process_index() == 0:
     visualize.save_png(out["png"], visualize.image_grid(images[:grid_n]))
     save_npz(out["npz"], images=images)
-    save_npz(out["uint8.npz"], arr_0=to_uint8(images))
+    save_npz(out["uint8.npz"], arr_0=visualize.to_uint8(images))
     visualize.save_gif(out["gif"], visualize.reverse_process_frames(
         traj_x, first, s.gif_frames))
   console.echo(f"wrote {n} samples to {out['npz']} (uint8 arr_0: {out['uint8.npz']}), a grid "
                f"of {grid_n} to {out['png']} and its reverse process to {out['gif']} "
                f"({s.method}, EMA params of step {step}, {time.time() - t0:.1f}s)")
   return str(out["png"])
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-  """Samples in [-1, 1] as uint8 pixels ``round((x + 1) * 127.5)``, clipped to 0..255:
-  the quantisation of ADM's and score_sde's sample files (and of FID tools' inputs)."""
-  return np.clip(np.rint((np.asarray(images, np.float64) + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
 def output_tag(record, options, num_samples: int) -> str:

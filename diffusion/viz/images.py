@@ -29,7 +29,8 @@ from diffusion.core import schedules
 
 
 def to_uint8(images: np.ndarray) -> np.ndarray:
-  """``[-1, 1]`` floats -> uint8 ``0..255`` (values outside are clipped)."""
+  """``[-1, 1]`` floats -> uint8 ``round((x + 1) * 127.5)``, clipped to ``0..255``: the
+  quantisation of PNGs, of ADM's / score_sde's sample files and of FID's inputs."""
   images = np.asarray(images, np.float32)
   return np.clip(np.round((images + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
