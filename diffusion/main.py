@@ -32,7 +32,6 @@ OS errors, a non-finite step); 130 on a second Ctrl-C. ``--debug`` (or
 keeps its traceback.
 """
 import os
-import re
 import sys
 import traceback
 
@@ -46,6 +45,7 @@ from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from diffusion.core import checks  # noqa: E402
+from diffusion.run import cli  # noqa: E402
 
 MODES = ("train", "sample", "eval", "export")
 USAGE_EXIT, RUNTIME_EXIT, INTERRUPT_EXIT = 2, 1, 130
@@ -203,53 +203,16 @@ def check_renamed(argv) -> None:
         sys.exit(_fail(f"{arg.split('=')[0]}: {message}", USAGE_EXIT))
 
 
-def _config_arg(argv) -> str | None:
-  for i, arg in enumerate(argv):
-    if arg.startswith("--config="):
-      return arg.split("=", 1)[1]
-    if arg == "--config" and i + 1 < len(argv):
-      return argv[i + 1]
-  return None
-
-
-def _override_of(argv, key: str) -> str:
-  """``config.a.<key>``: the part of the ``--config.a.<key>...`` flag of `argv` up to
-  the segment `key` (for messages)."""
-  for arg in argv:
-    parts = arg.split("=", 1)[0].lstrip("-").split(".")
-    if parts[0] == "config" and key in parts[1:]:
-      return ".".join(parts[:parts.index(key, 1) + 1])
-  return f"config.{key}"
-
-
-def parse_error(error: BaseException, argv) -> str:
-  """The one line for an error raised while absl parsed `argv` (flags, the config
-  file, its variant, the overrides)."""
-  text = str(error)
-  unknown = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
-  if unknown:
-    return f"{_override_of(argv, unknown.group(2))}: no such key; did you mean {unknown.group(1)}?"
-  if isinstance(error, (KeyError, AttributeError)):
-    key = re.sub(r"[\\'\"]", "", text).split()[0] if text.strip() else "?"
-    return f"{_override_of(argv, key)}: no such key"
-  lines = [line.strip() for line in text.splitlines() if line.strip()]
-  if "Traceback (most recent call last)" in text or "Failed loading config file" in text:
-    # config_flags quotes the config file's own error last, after its traceback.
-    last = lines[-1]
-    return f"{_config_arg(argv[1:])}: {re.sub(r'^[A-Za-z_.]*(Error|Exception): ', '', last)}"
-  return " ".join(lines)
+parse_error = cli.parse_error
 
 
 def parse_flags(argv):
   """absl's flag parsing, with every error (an unknown flag or config key, a
   missing config file, a bad variant or override value) as one line, exit 2."""
   check_renamed(argv)
-  config_arg = _config_arg(argv[1:])
-  if config_arg is not None:
-    path = config_arg.split(":", 1)[0]
-    if not os.path.isfile(path):
-      sys.exit(_fail(f"--config={config_arg}: no such config file {path!r} (run from the "
-                     "repository root, or give a path to a configs/*.py file)", USAGE_EXIT))
+  missing_file = cli.check_config_file(argv)
+  if missing_file:
+    sys.exit(_fail(missing_file, USAGE_EXIT))
   try:
     rest = flags.FLAGS(argv)
     missing = [n for n in ("config", "workdir") if flags.FLAGS[n].value is None]

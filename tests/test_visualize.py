@@ -144,16 +144,27 @@ def test_figures_end_to_end(tmp_path, capsys):
   out, work = tmp_path / "figs", tmp_path / "work"
   # No samples yet: a clear error naming --mode sample.
   (work / "samples").mkdir(parents=True)
-  with pytest.raises(SystemExit):
+  with pytest.raises(SystemExit) as e:
     figures.main(["--config", config, "--out", str(out), "--workdir", str(work)])
-  assert "--mode sample" in capsys.readouterr().err
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and "--mode sample" in err and err.count("\n") == 1
+  # main's command line (run.cli): a variant and overrides, bad ones in one line.
+  for flags, text in ((["--config", config + ":nope"], "bad variant item 'nope'"),
+                      (["--config", config, "--config.data.batch_sizz=3"],
+                       "config.data.batch_sizz: no such key; did you mean batch_size?")):
+    with pytest.raises(SystemExit) as e:
+      figures.main([*flags, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and text in err, err
+    assert err.count("\n") == 1
 
   train = figures.training_images(figures.load_config(config))
   assert train.shape == (1797, 8, 8, 1) and train.min() == -1 and train.max() == 1
   picks = np.array([5, 100, 1000])
   np.savez(work / "samples" / "final_000010.npz", images=np.zeros((2, 4, 4, 1), np.float32))
   np.savez(work / "samples" / "final_000500.npz", images=train[picks])  # the latest
-  figures.main(["--config", config, "--out", str(out), "--workdir", str(work), "--k", "2"])
+  figures.main(["--config", config + ":seed=0", "--out", str(out), "--workdir", str(work),
+                "--k", "2", "--config.data.batch_size=64"])
   for name in ("forward_strip.png", "schedules.png", "nearest_neighbours.png"):
     with Image.open(out / name) as im:
       assert im.format == "PNG"

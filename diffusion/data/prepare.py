@@ -23,6 +23,7 @@ import urllib.error
 import urllib.request
 
 from diffusion.core.checks import ConfigError, RunError
+from diffusion.data import idx
 
 # Files datasets: name -> (the files, their idx shapes, mirrors tried in order).
 MNIST_FILES = {
@@ -66,8 +67,7 @@ def how_to_get(name: str) -> str:
 
 
 def _check(path: str, shape: tuple) -> None:
-  from diffusion.data import sources  # pylint: disable=g-import-not-at-top
-  array = sources._read_idx(path)  # pylint: disable=protected-access  (DataError names it)
+  array = idx.read_idx(path)  # A DataError names the file.
   if array.shape != shape:
     raise RunError(f"{path} holds an array of shape {array.shape}, not {shape}: not the "
                    "expected file")

@@ -17,7 +17,6 @@ sources are preprocessed once, in memory.
 from __future__ import annotations
 
 import concurrent.futures
-import gzip
 import importlib.util
 import io
 import os
@@ -26,21 +25,12 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from diffusion.core.checks import RunError
+from diffusion.data.idx import DataError, read_idx as _read_idx, why as _why
 
 SOURCES = ("digits", "files", "tfds")
 SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
-
-
-class DataError(RunError):
-  """A data file that cannot be read or decoded; the message names the file."""
-
-
-def _why(e: BaseException) -> str:
-  text = str(e).strip().splitlines()
-  return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 _MNIST_FILES = {
@@ -182,27 +172,6 @@ def _load_digits():
     flat, target = digits.data, digits.target
   images = flat.reshape(-1, 8, 8).astype(np.int64)[..., None]  # values 0..16
   return images, target.astype(np.int32), 17
-
-
-def _read_idx(path: str) -> np.ndarray:
-  """Reads an MNIST idx file (optionally gzipped) into a numpy array."""
-  opener = gzip.open if path.endswith(".gz") else open
-  try:
-    with opener(path, "rb") as f:
-      raw = f.read()
-  except (OSError, EOFError, gzip.BadGzipFile) as e:  # Not gzip, truncated, unreadable.
-    kind = "gzipped " if path.endswith(".gz") else ""
-    raise DataError(f"{path} cannot be read as a {kind}MNIST idx file ({_why(e)}); "
-                    "download it again") from e
-  if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
-    raise DataError(f"{path} is not an unsigned-byte idx file (bad magic number)")
-  ndim = raw[3]
-  dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-  data = np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim)
-  if data.size != int(np.prod(dims)):
-    raise DataError(f"{path}: its header says {dims} ({int(np.prod(dims))} values) but it "
-                    f"holds {data.size}: the file is truncated or damaged; download it again")
-  return data.reshape(dims)
 
 
 def _find(directory: str, name: str) -> str | None:

@@ -129,36 +129,36 @@ def dataset_arrays(data_config, split: str, batch_size: int = 1000):
   return np.concatenate(images), np.concatenate(labels)
 
 
+def _define_flags(values) -> None:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("out", None, "directory to save the classifier in", flag_values=values)
+  flags.DEFINE_integer("steps", 2000, "Adam steps", flag_values=values)
+  flags.DEFINE_integer("batch_size", 128, "training batch size", flag_values=values)
+  flags.DEFINE_float("lr", 2e-3, "Adam learning rate", flag_values=values)
+  flags.DEFINE_string("test_split", "test", "split to measure accuracy on ('' = a held-out "
+                      "--holdout fraction of the training data)", flag_values=values)
+  flags.DEFINE_float("holdout", 0.15, "held-out fraction when --test_split=''",
+                     flag_values=values)
+  flags.DEFINE_integer("data_batch", 1000, "read batch size (a divisor of N keeps every "
+                       "example)", flag_values=values)
+
+
 def main(argv=None) -> dict:
-  """``python -m diffusion.classify --config configs/mnist_ddpm.py --out DIR``.
+  """``python -m diffusion.classify --config configs/mnist_ddpm.py[:variant] --out DIR``.
 
   Trains the classifier on the config's training data, measures test accuracy
   on ``--test_split`` (or, with ``--test_split=''``, on a held-out
   ``--holdout`` fraction of the training data, e.g. for digits) and saves it
-  where ``--config.eval.classifier_path`` can point.
+  where ``--config.eval.classifier_path`` can point. The flags are main's
+  (`run.cli`): ``--config file.py:variant``, ``--config.data.x=v`` overrides,
+  errors in one line.
   """
-  import argparse  # pylint: disable=g-import-not-at-top
-  import importlib.util  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
-
-  p = argparse.ArgumentParser(description=main.__doc__)
-  p.add_argument("--config", required=True, help="experiment config file (its data section is used)")
-  p.add_argument("--out", required=True, help="directory to save the classifier in")
-  p.add_argument("--steps", type=int, default=2000)
-  p.add_argument("--batch_size", type=int, default=128)
-  p.add_argument("--lr", type=float, default=2e-3)
-  p.add_argument("--test_split", default="test")
-  p.add_argument("--holdout", type=float, default=0.15)
-  p.add_argument("--data_batch", type=int, default=1000, help="read batch size (a divisor of N keeps every example)")
-  args = p.parse_args(argv)
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  sys.path.insert(0, root)
-  if not os.path.exists(args.config):
-    p.error(f"--config {args.config} does not exist")
-  spec = importlib.util.spec_from_file_location("experiment_config", args.config)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  data_config = module.get_config().data
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  from diffusion.run import cli  # pylint: disable=g-import-not-at-top
+  args = cli.parse(sys.argv[1:] if argv is None else argv, _define_flags,
+                   "python -m diffusion.classify", required=("config", "out"))
+  data_config = args.config.data
   x, y = dataset_arrays(data_config, data_config.split, args.data_batch)
   if args.test_split:
     x_test, y_test = dataset_arrays(data_config, args.test_split, args.data_batch)
@@ -169,8 +169,9 @@ def main(argv=None) -> dict:
   model, params = train(x, y, num_classes=int(y.max()) + 1, steps=args.steps,
                         batch_size=args.batch_size, lr=args.lr)
   acc = accuracy(model, params, x_test, y_test)
+  config_file = config_flags.get_config_filename(args["config"])
   info = {"test_accuracy": acc, "num_train": int(len(y)), "num_test": int(len(y_test)),
-          "steps": args.steps, "config": os.path.abspath(args.config),
+          "steps": args.steps, "config": os.path.abspath(config_file.split(":", 1)[0]),
           "test": args.test_split or f"holdout {args.holdout}"}
   save(args.out, model, params, info)
   print(json.dumps(info))

@@ -14,12 +14,11 @@ Writes under ``--out``:
   each followed by its ``--k`` nearest training images in pixel L2, and
   ``nearest_neighbours.npz`` (indices and distances' order).
 
-`--config` takes ``file.py`` or ``file.py:variant`` like `diffusion.main`, but
-no ``--config.a.b=v`` overrides.
+`--config` takes ``file.py`` or ``file.py:variant`` and ``--config.a.b=v``
+overrides, like `diffusion.main` (`run.cli`); errors are one line, exit 2.
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import re
@@ -85,33 +84,35 @@ def training_images(config, max_images: int | None = None) -> np.ndarray:
   return np.concatenate(batches)[:max_images]
 
 
+def _define_flags(values) -> None:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  flags.DEFINE_string("out", None, "output folder for the PNGs", flag_values=values)
+  flags.DEFINE_string("workdir", None, "a workdir with samples/final_*.npz (--mode sample)",
+                      flag_values=values)
+  flags.DEFINE_integer("num_images", 4, "images in forward_strip.png", flag_values=values)
+  flags.DEFINE_integer("num_samples", 16, "samples in nearest_neighbours.png",
+                       flag_values=values)
+  flags.DEFINE_integer("k", 3, "neighbours per sample", flag_values=values)
+  flags.DEFINE_integer("max_train", None, "compare with at most this many training images "
+                       "(default: all)", flag_values=values)
+
+
 def main(argv=None) -> None:
-  """``python -m diffusion.figures`` (module doc): parse the flags, then draw each
-  figure in turn (one linear list of figures, ~60 lines)."""
-  parser = argparse.ArgumentParser(prog="python -m diffusion.figures", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--config", required=True, help="config file.py[:variant]")
-  parser.add_argument("--out", required=True, help="output folder for the PNGs")
-  parser.add_argument("--workdir", help="a workdir with samples/final_*.npz (--mode sample)")
-  parser.add_argument("--num_images", type=int, default=4, help="images in forward_strip.png")
-  parser.add_argument("--num_samples", type=int, default=16,
-                      help="samples in nearest_neighbours.png")
-  parser.add_argument("--k", type=int, default=3, help="neighbours per sample")
-  parser.add_argument("--max_train", type=int, default=None,
-                      help="compare with at most this many training images (default: all)")
-  args = parser.parse_args(argv)
-  try:
-    config = load_config(args.config)
-  except (FileNotFoundError, ValueError) as e:
-    parser.error(str(e))
+  """``python -m diffusion.figures`` (module doc): parse the flags (main's: `run.cli`,
+  ``--config file.py[:variant]`` and ``--config.a.b=v``), then draw each figure in
+  turn (one linear list of figures, ~60 lines)."""
+  from diffusion.run import cli  # pylint: disable=g-import-not-at-top
+  args = cli.parse(sys.argv[1:] if argv is None else argv, _define_flags,
+                   "python -m diffusion.figures", required=("config", "out"))
+  config = args.config
   if args.workdir is not None and not os.path.isdir(args.workdir):
-    parser.error(f"--workdir {args.workdir!r} is not a folder")
+    cli.fail(f"--workdir {args.workdir!r} is not a folder")
   npz = None
   if args.workdir is not None:
     try:
       npz = latest_samples(args.workdir)
     except FileNotFoundError as e:
-      parser.error(str(e))
+      cli.fail(str(e))
 
   os.makedirs(args.out, exist_ok=True)
   num_steps = config.diffusion.num_steps
