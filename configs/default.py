@@ -253,8 +253,14 @@ def get_config(arg=None):
   ev.num_samples = 50_000  # Samples per sampler (N).
   ev.batch_size = 500  # Images per sampler / feature-extractor / bits-per-dim call.
   ev.features = "inception"  # "inception" (FID Inception-v3) | "classifier" (diffusion.classify).
-  ev.classifier_path = ""  # features="classifier": a directory written by classify.save.
-  ev.inception_weights = ""  # features="inception": an .npz for models.inception.load_params.
+  # features="classifier": a directory written by classify.save; "" = the project's
+  # classifier of this dataset, trained once (classifier_steps) and cached in
+  # $DIFFUSION_DATA/classifiers/ (eval.features.resolve_defaults).
+  ev.classifier_path = ""
+  ev.classifier_steps = 2000
+  # features="inception": an .npz for models.inception.load_params ("" =
+  # $DIFFUSION_DATA/inception/inception_fid.npz).
+  ev.inception_weights = ""
   # Cached reference statistics ("" = workdir/eval/reference_<features>_<split>.npz).
   ev.reference_stats = ""
   ev.reference_split = "train"  # Split the reference statistics come from.

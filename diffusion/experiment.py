@@ -121,6 +121,7 @@ RANGES = {
     "eval.kid_subset_size": dict(_INT, lo=1),
     "eval.is_splits": dict(_INT, lo=1),
     "eval.bpd_num": dict(_INT, lo=1),
+    "eval.classifier_steps": dict(_INT, lo=1),
 }
 CHANNELS = (1, 3)
 # Named settings and their valid values (the lists live with the code that reads them).

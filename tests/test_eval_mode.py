@@ -114,7 +114,8 @@ def test_fid_is_the_distance_of_the_saved_statistics(run):
 
 def test_data_row_scores_the_first_test_images(run):
   """The "data:test" row's statistics are those of the classifier features of
-  the first 20 test images (the data iterator's order at seed + 2), computed
+  the first 20 test images (the data iterator's order at seed + 2), quantised
+  to 256 levels (eval.quantize), computed
   here independently, in the same two updates of 10: the same float64
   arithmetic, so equal to 1e-12 (a different update order would change the
   rank-deficient covariance (N=20 < D=32) by ~1e-16 and FID's matrix square
@@ -126,8 +127,11 @@ def test_data_row_scores_the_first_test_images(run):
   dc = config.data
   dc.update(split="test", dequantize=False, random_flip=False, batch_size=10)
   it = data.create(dc, seed=config.seed + 2)
+  images = np.concatenate([next(it)["image"] for _ in range(2)])
+  # Scored as the published protocol does (eval.quantize): rounded to 256 levels.
+  levels = np.rint((np.clip(images, -1, 1) + np.float32(1)) * np.float32(127.5))
   feats, _ = features.make_extractor(config.eval)(
-      np.concatenate([next(it)["image"] for _ in range(2)]))
+      levels.astype(np.float32) / np.float32(127.5) - np.float32(1))
   expected = metrics.FeatureStats(feats.shape[1]).update(feats[:10]).update(feats[10:])
   ev = run["workdir"] / "eval"
   with np.load(ev / "rounds" / "data_test_stats.npz") as f:

@@ -143,6 +143,32 @@ def _define_flags(values) -> None:
                        "example)", flag_values=values)
 
 
+def train_and_save(data_config, path: str, steps: int = 2000, holdout: float = 0.15,
+                   seed: int = 0) -> dict:
+  """Trains the classifier on all of ``data_config``'s training split (read in a
+  batch that divides it, so no image is dropped), reports its accuracy on a
+  held-out `holdout` fraction, and saves it to `path` (process 0). Returns the
+  info dict that `save` stores."""
+  from diffusion.data import iterator as data  # pylint: disable=g-import-not-at-top
+  cfg = data_config.copy_and_resolve_references()
+  with cfg.unlocked():
+    cfg.split, cfg.batch_size = "train", 1
+  n = len(data.create(cfg, seed=0).images)
+  read = max(b for b in range(1, min(n, 1000) + 1) if n % b == 0)  # Keeps every example.
+  x, y = dataset_arrays(data_config, "train", read)
+  perm = np.random.default_rng(seed).permutation(len(y))
+  cut = int(len(y) * (1 - holdout))
+  x, y, x_test, y_test = x[perm[:cut]], y[perm[:cut]], x[perm[cut:]], y[perm[cut:]]
+  model, params = train(x, y, num_classes=int(y.max()) + 1, steps=steps, lr=2e-3, seed=seed)
+  info = {"test_accuracy": accuracy(model, params, x_test, y_test), "num_train": int(len(y)),
+          "num_test": int(len(y_test)), "steps": steps, "test": f"holdout {holdout}",
+          "data": {k: data_config[k] for k in ("source", "name", "data_dir", "image_size",
+                                               "channels")}}
+  if jax.process_index() == 0:
+    save(path, model, params, info)
+  return info
+
+
 def main(argv=None) -> dict:
   """``python -m diffusion.classify --config configs/mnist_ddpm.py[:variant] --out DIR``.
 

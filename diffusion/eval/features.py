@@ -19,6 +19,61 @@ from diffusion.run.workdir import Workdir, load_npz, save_npz
 FEATURES = ("classifier", "inception")
 
 
+INCEPTION_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+                 "pt_inception-2015-12-05-6726825d.pth")
+
+
+def default_inception_weights() -> str:
+  """Where `make_extractor` looks when ``eval.inception_weights`` is "":
+  ``<data_home>/inception/inception_fid.npz`` (`data.prepare.data_home`)."""
+  from diffusion.data import prepare  # pylint: disable=g-import-not-at-top
+  return os.path.join(prepare.data_home(), "inception", "inception_fid.npz")
+
+
+def classifier_cache(config) -> str:
+  """The folder of the project's classifier for ``config.data``'s dataset:
+  ``<data_home>/classifiers/<name>-<hash>``, the hash of what defines the images
+  (source, name, folder, size, channels, crop) and of ``eval.classifier_steps``,
+  so every run of that dataset finds the same one."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  from diffusion.data import prepare  # pylint: disable=g-import-not-at-top
+  d = config.data
+  key = "|".join(str(v) for v in (d.source, d.name, os.path.abspath(d.data_dir) if d.data_dir
+                                  else "", d.image_size, d.channels, d.crop,
+                                  config.eval.classifier_steps))
+  digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+  return os.path.join(prepare.data_home(), "classifiers", f"{d.name or d.source}-{digest}")
+
+
+def resolve_defaults(config) -> None:
+  """Fills the extractor paths left "" in ``config.eval`` (in place).
+
+  ``features="classifier"`` without ``classifier_path``: the project's
+  classifier of this dataset (`classifier_cache`), trained once on its
+  training split (``eval.classifier_steps`` Adam steps, progress shown; 15%
+  held out for the accuracy it reports) and cached for every later run.
+  ``features="inception"`` without ``inception_weights``:
+  `default_inception_weights` (make_extractor says how to put them there).
+  """
+  e = config.eval
+  if e.features == "inception" and not e.inception_weights:
+    e.inception_weights = default_inception_weights()
+  if e.features != "classifier" or e.classifier_path:
+    return
+  path = classifier_cache(config)
+  if os.path.exists(os.path.join(path, "classifier.json")):
+    console.echo(f"eval: the project's classifier of {config.data.name or config.data.source} "
+                 f"(cached: {path})")
+  else:
+    console.echo(f"eval: no eval.classifier_path: training the project's classifier on "
+                 f"{config.data.name or config.data.source} once ({e.classifier_steps} steps), "
+                 f"cached in {path} for every run of this dataset")
+    info = classify.train_and_save(config.data, path, steps=e.classifier_steps)
+    console.echo(f"eval: classifier accuracy {info['test_accuracy']:.4f} on "
+                 f"{info['num_test']} held-out training images")
+  e.classifier_path = path
+
+
 def make_extractor(e):
   """``fn(images [N, H, W, C]) -> (features [N, D], logits [N, K])`` of ``eval.features``."""
   if e.features not in FEATURES:
@@ -35,9 +90,11 @@ def make_extractor(e):
   path = e.inception_weights
   if not path or not os.path.exists(path):
     raise FileNotFoundError(
-        f"config.eval.inception_weights={path!r} does not exist: convert pytorch-fid's weights "
-        "with `python -m diffusion.models.inception --convert <pth> --out <npz>` "
-        "(see diffusion/models/inception.py)")
+        f"config.eval.inception_weights={path!r} does not exist: download pytorch-fid's "
+        f"weights ({INCEPTION_URL}) and convert them with `python -m diffusion.models.inception "
+        f"--convert pt_inception-2015-12-05-6726825d.pth --out {default_inception_weights()}` "
+        "(found there without setting the key), or use eval.features=classifier for "
+        "MNIST-like data")
   from diffusion.models import inception  # pylint: disable=g-import-not-at-top
   return inception.feature_fn(inception.load_params(path), batch_size=e.batch_size)
 

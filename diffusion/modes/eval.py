@@ -97,6 +97,7 @@ def evaluate(config, workdir: str) -> dict:
   """
   with checks.config_errors():
     entries, mesh = check(config)
+    features.resolve_defaults(config)  # May train the project's classifier once (cached).
     extract = features.make_extractor(config.eval)
     resume.check_config(config, workdir, write=False, mode="eval")
     exp = experiment.build(config)
