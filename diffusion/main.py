@@ -177,9 +177,7 @@ def execute(config, workdir: str, mode: str = "train", distributed=(None, None, 
 
 
 def main(argv):
-  if len(argv) > 1:
-    return _fail(f"unexpected arguments: {' '.join(argv[1:])} (flags are --name=value)",
-                 USAGE_EXIT)
+  del argv  # Only the program: `parse_flags` refuses extra arguments.
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
   return execute(_CONFIG.value, _WORKDIR.value, _MODE.value,
@@ -203,31 +201,11 @@ def check_renamed(argv) -> None:
         sys.exit(_fail(f"{arg.split('=')[0]}: {message}", USAGE_EXIT))
 
 
-parse_error = cli.parse_error
-
-
 def parse_flags(argv):
   """absl's flag parsing, with every error (an unknown flag or config key, a
   missing config file, a bad variant or override value) as one line, exit 2."""
   check_renamed(argv)
-  missing_file = cli.check_config_file(argv)
-  if missing_file:
-    sys.exit(_fail(missing_file, USAGE_EXIT))
-  try:
-    rest = flags.FLAGS(argv)
-    missing = [n for n in ("config", "workdir") if flags.FLAGS[n].value is None]
-    if missing:
-      raise flags.Error(f"--{missing[0]} is required (e.g. --config=configs/digits_ddpm.py "
-                        "--workdir=/tmp/digits)")
-    _CONFIG.value  # pylint: disable=pointless-statement  (loads the file and its variant)
-  except SystemExit:
-    raise
-  except Exception as e:  # pylint: disable=broad-except
-    if debug_requested(argv):
-      traceback.print_exception(e)
-    sys.exit(_fail(parse_error(e, argv), USAGE_EXIT))
-  return rest
-
+  return cli.parse_values(flags.FLAGS, argv, ("config", "workdir"), debug=debug_requested(argv))
 
 if __name__ == "__main__":
   app.run(main, flags_parser=parse_flags)

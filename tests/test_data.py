@@ -15,9 +15,14 @@ from PIL import Image
 
 from configs import smoke
 from diffusion.data import iterator as data
+from diffusion.data import prepare as data_prepare
 from diffusion.data import sources as data_sources
 
-MNIST_DIR = "/work/shared/data/mnist"
+# The real MNIST idx files: where `python -m diffusion.data prepare mnist` puts them,
+# else this development machine's copy (a clone elsewhere has neither: then the
+# real-data test is skipped; the idx reader is proven on generated files).
+MNIST_DIR = next((d for d in (data_prepare.dataset_dir("mnist"), "/work/shared/data/mnist")
+                  if os.path.isdir(d)), data_prepare.dataset_dir("mnist"))
 
 
 def _config(**kw):
@@ -230,8 +235,9 @@ def test_tfds_encoded_images_decode_with_pillow():
 
 
 @pytest.mark.skipif(not os.path.isdir(MNIST_DIR), reason=(
-    f"the real MNIST idx files are not at {MNIST_DIR} on this machine; the idx reader "
-    "itself is proven on generated files by test_mnist_idx_files"))
+    f"the real MNIST idx files are not at {MNIST_DIR} on this machine (`python -m "
+    "diffusion.data prepare mnist` puts them there); the idx reader itself is proven on "
+    "generated files by test_mnist_idx_files"))
 def test_real_mnist_idx():
   with gzip.open(os.path.join(MNIST_DIR, "train-images-idx3-ubyte.gz")) as f:
     raw = f.read()

@@ -95,6 +95,14 @@ def parse_value(text: str, kind: type):
   raise ValueError(f"has type {kind.__name__}, which cannot be given as text")
 
 
+def why(error: BaseException, limit: int = 300) -> str:
+  """One line for an exception inside a message: its type and the first line of its
+  text (at most `limit` characters)."""
+  text = str(error).strip().splitlines()
+  first = text[0][:limit] if text else ""
+  return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
 def number(value, key: str, *, lo=None, hi=None, lo_open: bool = False, hi_open: bool = False,
            integer: bool = False) -> None:
   """`ConfigError` naming `key` unless `value` is a (finite) number in the range.

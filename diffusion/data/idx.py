@@ -9,17 +9,11 @@ import gzip
 
 import numpy as np
 
-from diffusion.core.checks import RunError
+from diffusion.core.checks import RunError, why
 
 
 class DataError(RunError):
   """A data file that cannot be read or decoded; the message names the file."""
-
-
-def why(e: BaseException) -> str:
-  text = str(e).strip().splitlines()
-  """One line: an exception's type and the first line of its message."""
-  return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
 def read_idx(path: str) -> np.ndarray:

@@ -25,7 +25,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from diffusion.data.idx import DataError, read_idx as _read_idx, why as _why
+from diffusion.core.checks import why as _why
+from diffusion.data.idx import DataError, read_idx as _read_idx
 
 SOURCES = ("digits", "files", "tfds")
 SPLITS = ("train", "test")

@@ -109,18 +109,26 @@ def load(path: str):
 # --------------------------------------------------------------------------
 
 
-def dataset_arrays(data_config, split: str, batch_size: int = 1000):
+def dataset_arrays(data_config, split: str, batch_size: int | None = 1000):
   """One epoch of ``data_config`` (with ``split``) as arrays ``([N, H, W, C], [N])``.
 
-  No flips, no dequantisation; an epoch's last partial batch (fewer than
-  ``batch_size`` examples) is dropped by the data iterator.
+  No flips, no dequantisation. The data iterator drops an epoch's last partial
+  batch (fewer than ``batch_size`` examples); ``batch_size=None`` reads in the
+  largest batch up to 1000 that divides N, so every example is kept (the data
+  is loaded once either way).
   """
   from diffusion.data import iterator as data  # pylint: disable=g-import-not-at-top
 
   cfg = data_config.copy_and_resolve_references()
   with cfg.unlocked():
-    cfg.split, cfg.random_flip, cfg.dequantize, cfg.batch_size = split, False, False, batch_size
+    cfg.split, cfg.random_flip, cfg.dequantize = split, False, False
+    cfg.batch_size = 1 if batch_size is None else batch_size
   it = data.create(cfg, seed=0)
+  if batch_size is None:
+    n = len(it.images)
+    with cfg.unlocked():
+      cfg.batch_size = max(b for b in range(1, min(n, 1000) + 1) if n % b == 0)
+    it = data.create(cfg, seed=0, loaded=(it.images, it.labels, it.levels))  # Not reloaded.
   images, labels = [], []
   while not images or it.get_state()["epoch"] == 0:
     batch = next(it)
@@ -145,17 +153,11 @@ def _define_flags(values) -> None:
 
 def train_and_save(data_config, path: str, steps: int = 2000, holdout: float = 0.15,
                    seed: int = 0) -> dict:
-  """Trains the classifier on all of ``data_config``'s training split (read in a
-  batch that divides it, so no image is dropped), reports its accuracy on a
+  """Trains the classifier on all of ``data_config``'s training split (no image
+  dropped: `dataset_arrays` with ``batch_size=None``), reports its accuracy on a
   held-out `holdout` fraction, and saves it to `path` (process 0). Returns the
   info dict that `save` stores."""
-  from diffusion.data import iterator as data  # pylint: disable=g-import-not-at-top
-  cfg = data_config.copy_and_resolve_references()
-  with cfg.unlocked():
-    cfg.split, cfg.batch_size = "train", 1
-  n = len(data.create(cfg, seed=0).images)
-  read = max(b for b in range(1, min(n, 1000) + 1) if n % b == 0)  # Keeps every example.
-  x, y = dataset_arrays(data_config, "train", read)
+  x, y = dataset_arrays(data_config, "train", batch_size=None)  # Every example.
   perm = np.random.default_rng(seed).permutation(len(y))
   cut = int(len(y) * (1 - holdout))
   x, y, x_test, y_test = x[perm[:cut]], y[perm[:cut]], x[perm[cut:]], y[perm[cut:]]

@@ -8,6 +8,7 @@ from etils import epath
 import jax
 import numpy as np
 
+from diffusion import experiment
 from diffusion.data import iterator as data
 from diffusion.dist import cluster
 from diffusion.dist import placement
@@ -16,7 +17,7 @@ from diffusion.eval import metrics
 from diffusion.run import console
 from diffusion.run.workdir import Workdir, load_npz, save_npz
 
-FEATURES = ("classifier", "inception")
+FEATURES = experiment.CHOICES["eval.features"]  # ("classifier", "inception")
 
 
 INCEPTION_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"

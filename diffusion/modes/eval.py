@@ -52,7 +52,6 @@ from __future__ import annotations
 import jax
 
 from diffusion import experiment
-from diffusion.data import iterator as data
 from diffusion.dist import placement
 from diffusion.eval import cache, features, report, rounds
 from diffusion.eval.bpd import bits_per_dim
@@ -64,17 +63,10 @@ from diffusion.eval.entries import eval_samplers, spec_filename
 
 def check(config):
   """``(entries, mesh)``; ValueError naming the key for every bad eval setting,
-  before any long compute."""
+  before any long compute. (Each key's range and choices are checked with the
+  whole config, by `experiment.build`: `experiment.RANGES`, `CHOICES`.)"""
   e = config.eval
   entries = eval_samplers(config)
-  for key in ("num_samples", "batch_size", "kept_features", "is_splits"):
-    if e[key] < (2 if key == "kept_features" else 1):
-      raise ValueError(f"config.eval.{key}={e[key]} is too small")
-  if e.baseline_split not in ("",) + data.SPLITS:
-    raise ValueError(f"config.eval.baseline_split={e.baseline_split!r} is unknown; valid: "
-                     f"'' (no data row), {', '.join(data.SPLITS)}")
-  if e.bpd and e.bpd_num < 1:
-    raise ValueError(f"config.eval.bpd_num={e.bpd_num} must be >= 1 (or eval.bpd=False)")
   mesh = placement.make_mesh()  # Every device of every process shares each call.
   if e.batch_size % mesh.devices.size:
     raise ValueError(f"config.eval.batch_size={e.batch_size} is not divisible by the "
@@ -97,10 +89,10 @@ def evaluate(config, workdir: str) -> dict:
   """
   with checks.config_errors():
     entries, mesh = check(config)
+    exp = experiment.build(config)  # Every key's range, before any long compute.
     features.resolve_defaults(config)  # May train the project's classifier once (cached).
     extract = features.make_extractor(config.eval)
     resume.check_config(config, workdir, write=False, mode="eval")
-    exp = experiment.build(config)
   held = lock.hold(workdir, "eval", echo=console.echo)
   try:
     return _evaluate(config, workdir, exp, entries, mesh, extract)

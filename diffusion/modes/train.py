@@ -182,8 +182,7 @@ def check_labels(config, it, batch) -> None:
   k = config.model.num_classes
   if k is None:
     return
-  labels = it.labels if getattr(it, "labels", None) is not None else batch["label"]
-  labels = np.asarray(labels)
+  labels = np.asarray(batch["label"] if it.labels is None else it.labels)
   lo, hi = int(labels.min()), int(labels.max())
   if lo < 0 or hi >= k:
     raise checks.ConfigError(
@@ -220,15 +219,12 @@ _PROGRAMS: dict = {}
 _PROGRAMS_KEPT = 4
 
 
-# Keys that change no compiled program: how long and how verbosely a run
-# trains, its checkpoints, eval and wandb (`resume.RESUMABLE_KEYS` less the
-# sampler's keys, which the grid's program reads).
-_NOT_IN_PROGRAMS = tuple(k for k in resume.RESUMABLE_KEYS if k != "sample.")
-
-
 def _program_keys(config) -> dict:
+  """The keys that can change a compiled program: all but the resumable ones (run
+  length, cadence, eval, wandb: `resume.is_resumable`), the sampler's kept (the
+  grid's program reads them)."""
   return {k: v for k, v in flatten(json.loads(config.to_json())).items()
-          if not any(k.startswith(p) if p.endswith(".") else k == p for p in _NOT_IN_PROGRAMS)}
+          if k.startswith("sample.") or not resume.is_resumable(k)}
 
 
 def _programs(exp, mesh):
@@ -237,9 +233,8 @@ def _programs(exp, mesh):
   A second run of the same config in one process (tests, a notebook, a
   resumed run after a fallback) reuses the first one's programs instead of
   tracing the UNet again (~3 s on a CPU for the smoke UNet): they depend on
-  nothing but the config (its keys are the key, but for run length, cadence,
-  eval and wandb: `_NOT_IN_PROGRAMS`; any other change is a new entry) and the
-  mesh's devices.
+  nothing but the config (`_program_keys`: any change there is a new entry) and
+  the mesh's devices.
   """
   tc = exp.config.train
   key = (json.dumps(_program_keys(exp.config), sort_keys=True),

@@ -51,7 +51,7 @@ def _write_reason(e: BaseException) -> str:
   text = str(e)
   found = re.search(r'Failed writing: "([^"]+)": (?:Failed to write \d+ bytes to file \d+: )?'
                     r"([^\[]+?)\s*\[os_error_code", text)
-  return f"{found.group(2)}: {found.group(1)}" if found else _why(e)
+  return f"{found.group(2)}: {found.group(1)}" if found else checks.why(e)
 
 
 class CheckpointDamaged(checks.RunError):
@@ -179,7 +179,7 @@ class Checkpointer:
     try:
       saved = named_leaves(self._manager.item_metadata(int(step))["state"])
     except Exception as e:  # pylint: disable=broad-except  (any unreadable metadata)
-      raise CheckpointDamaged(step, self.directory, _why(e)) from e
+      raise CheckpointDamaged(step, self.directory, checks.why(e)) from e
     if not saved:  # Orbax reads a deleted or empty _METADATA as an empty tree.
       raise CheckpointDamaged(step, self.directory, "its array metadata (_METADATA) is missing")
     wanted = named_leaves(target)
@@ -223,15 +223,14 @@ class Checkpointer:
       else:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointDamaged(step, self.directory, _why(e)) from e
+      raise CheckpointDamaged(step, self.directory, checks.why(e)) from e
     if target is not None:
       self.check_fits(step, abstract)
-    _quiet_late_callbacks()
     try:
       restored = self._manager.restore(int(step), args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
     except Exception as e:  # pylint: disable=broad-except  (Orbax / tensorstore / JSON errors)
-      raise CheckpointDamaged(step, self.directory, _why(e)) from e
+      raise CheckpointDamaged(step, self.directory, checks.why(e)) from e
     data = dict(restored["data"] or {})
     expected = data.pop(CHECKSUM_KEY, None)
     reason = verify(restored["state"], expected if isinstance(expected, dict) else None)
@@ -306,13 +305,6 @@ class Checkpointer:
 
   def __exit__(self, *exc) -> None:
     self.close()
-
-
-def _why(e: BaseException) -> str:
-  """One line: the exception's type and the first line of its message."""
-  text = str(e).strip().splitlines()
-  first = text[0] if text else ""
-  return f"{type(e).__name__}: {first[:300]}" if first else type(e).__name__
 
 
 def _quiet_late_callbacks() -> None:

@@ -76,21 +76,16 @@ def fail(message: str) -> None:
   sys.exit(USAGE_EXIT)
 
 
-def parse(argv, define: Callable[[flags.FlagValues], None], prog: str,
-          required: tuple[str, ...] = ("config",)) -> flags.FlagValues:
-  """Parses ``[prog] + argv`` into a new `flags.FlagValues` holding ``--config``
-  (a locked config file with variant and overrides) and the flags `define` adds;
-  every error is one line on stderr and exit 2. Returns the values
-  (``values.config`` is the config)."""
-  argv = [prog] + list(argv)
+def parse_values(values: flags.FlagValues, argv, required=("config",),
+                 debug: bool = False) -> list[str]:
+  """Parses `argv` (its first item the program) into `values`, which hold a
+  ``config`` flag of `config_flags`: the config file is loaded (variant and
+  overrides applied) and every flag of `required` must be given. Every error,
+  an extra argument included, is one line on stderr and exit 2 (with `debug`,
+  after its traceback). Returns the remaining arguments (just the program)."""
   missing_file = check_config_file(argv)
   if missing_file:
     fail(missing_file)
-  values = flags.FlagValues()
-  config_flags.DEFINE_config_file(  # sys_argv: the overrides are read from `argv`.
-      "config", None, "experiment config file (file.py or file.py:variant)",
-      flag_values=values, lock_config=True, sys_argv=argv)
-  define(values)
   try:
     rest = values(argv)
     if len(rest) > 1:
@@ -102,6 +97,9 @@ def parse(argv, define: Callable[[flags.FlagValues], None], prog: str,
   except SystemExit:
     raise
   except Exception as e:  # pylint: disable=broad-except
+    if debug:
+      import traceback  # pylint: disable=g-import-not-at-top
+      traceback.print_exception(e)
     unknown = re.search(r"Unknown command line flag '(config\.[\w.]+)'", str(e))
     config = None
     if unknown:
@@ -110,6 +108,23 @@ def parse(argv, define: Callable[[flags.FlagValues], None], prog: str,
       except Exception:  # pylint: disable=broad-except
         config = None
     fail(unknown_key(config, unknown.group(1)) if config is not None else parse_error(e, argv))
+  return rest
+
+
+def parse(argv, define: Callable[[flags.FlagValues], None], prog: str,
+          required: tuple[str, ...] = ("config",)) -> flags.FlagValues:
+  """Parses ``[prog] + argv`` into a new `flags.FlagValues` holding ``--config``
+  (a locked config file with variant and overrides) and the flags `define` adds
+  (`parse_values`: every error one line, exit 2). Returns the values
+  (``values.config`` is the config). A FlagValues of its own, so it can run
+  more than once in a process (the tests call it)."""
+  argv = [prog] + list(argv)
+  values = flags.FlagValues()
+  config_flags.DEFINE_config_file(  # sys_argv: the overrides are read from `argv`.
+      "config", None, "experiment config file (file.py or file.py:variant)",
+      flag_values=values, lock_config=True, sys_argv=argv)
+  define(values)
+  parse_values(values, argv, required)
   return values
 
 

@@ -66,9 +66,9 @@ class WorkdirLock:
   """The ``what`` lock ("train" or "eval") of `workdir`; a context manager.
 
   `acquire` raises `WorkdirBusy` when a live process holds it. `release`
-  deletes the file (idempotent). `created_workdir` tells whether acquiring
-  made the workdir folder (so that a run which fails before writing anything
-  can remove it again: `release(remove_empty_workdir=True)`).
+  deletes the file (idempotent); ``release(remove_empty_workdir=True)`` also
+  removes the folders acquiring made, if still empty (a run that failed before
+  writing anything leaves no workdir).
   """
 
   def __init__(self, workdir, what: str = "train"):
@@ -78,7 +78,6 @@ class WorkdirLock:
     self.what = what
     self.path = self.workdir / LOCK_NAMES[what]
     self.local = is_local(workdir)
-    self.created_workdir = False
     self.took_over: dict | None = None  # The dead holder's info, if its file was left.
     self._fd: int | None = None
     self._held = False
@@ -128,7 +127,6 @@ class WorkdirLock:
     if self._held:
       return self
     self._made = [d for d in (self.workdir, self.path.parent) if not d.exists()]
-    self.created_workdir = self.workdir in self._made
     self.path.parent.mkdir(parents=True, exist_ok=True)
     try:
       self._acquire_local() if self.local else self._acquire_remote()

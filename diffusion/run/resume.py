@@ -36,7 +36,8 @@ def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
           if old.get(k, missing) != new.get(k, missing)}
 
 
-def _resumable(key: str) -> bool:
+def is_resumable(key: str) -> bool:
+  """Whether dotted `key` may differ from config.json (`RESUMABLE_KEYS`)."""
   return any(key.startswith(p) if p.endswith(".") else key == p for p in RESUMABLE_KEYS)
 
 
@@ -65,7 +66,7 @@ def check_config(config, workdir, write: bool, mode: str = "train") -> None:
   new = redacted_config(config)
   if path.exists():
     changed = {k: v for k, v in config_changes(read_json(path), new).items()
-               if not _resumable(k)}
+               if not is_resumable(k)}
     if changed and not config.allow_config_change:
       keys = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
       raise checks.ConfigError(
