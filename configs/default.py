@@ -152,6 +152,9 @@ def get_config(arg=None):
   model.dropout = 0.1  # Dropout in ResBlocks during training.
   model.resblock_updown = False  # Resample inside ResBlocks (BigGAN/ADM style).
   model.resamp_with_conv = True  # Conv resampling (else avg-pool / nearest).
+  # Padding of the strided downsampling conv: 1 = one pixel on every side; 0 =
+  # bottom / right only (TF 'SAME', the DDPM paper's code and its published weights).
+  model.downsample_padding = 1
   model.scale_shift_norm = False  # FiLM conditioning (ADM) instead of additive.
   model.skip_rescale = False  # Residual sums / sqrt(2) (DDPM++).
   # "sinusoidal" (of time_scale * t) | "fourier" (of log sigma(t); for VE SDEs:

@@ -30,7 +30,7 @@ from diffusion.core.samplers import registry
 from diffusion import models
 from diffusion.data import sources
 from diffusion.dist import placement
-from diffusion.models import get_model
+from diffusion.models import get_model, layers
 from diffusion.train import state as ts
 
 DIFFUSION_TYPES = ("discrete", "continuous")
@@ -129,6 +129,7 @@ CHOICES = {
     "data.source": sources.SOURCES,
     "data.split": sources.SPLITS,
     "data.crop": sources.CROPS,
+    "model.downsample_padding": tuple(layers.DOWNSAMPLE_PADDINGS),
     "optim.optimizer": ts.OPTIMIZERS,
     "optim.schedule": ts.SCHEDULES,
     "eval.features": ("classifier", "inception"),

@@ -67,7 +67,7 @@ def choice(value, valid, name: str) -> None:
 def setting(value, valid, key: str) -> None:
   """ValueError ``<key>=<value> is not valid; valid: a, b`` unless ``value in valid``."""
   if value not in valid:
-    raise ValueError(f"{key}={value!r} is not valid; valid: {', '.join(valid)}")
+    raise ValueError(f"{key}={value!r} is not valid; valid: {', '.join(map(str, valid))}")
 
 
 def check_t(x, t, what: str = "t") -> None:

@@ -49,10 +49,18 @@ def group_norm(channels: int, dtype: Dtype, name: Optional[str] = None) -> nn.Gr
                       param_dtype=jnp.float32, name=name)
 
 
+# Padding of a stride-2 3x3 conv per `Downsample.padding` (0 or 1), as (before, after):
+# 1 pads one pixel on every side; 0 pads one pixel after (bottom / right) only,
+# which is TensorFlow's 'SAME' for even sizes, the padding of the DDPM paper's code
+# and of diffusers' `downsample_padding=0` (its published DDPM checkpoints).
+DOWNSAMPLE_PADDINGS = {0: (0, 1), 1: (1, 1)}
+
+
 def conv3x3(features: int, dtype: Dtype, *, stride: int = 1, init_scale: float = 1.0,
-            name: Optional[str] = None) -> nn.Conv:
-  """3x3 conv with symmetric padding 1 (so stride 2 maps even H to H / 2)."""
-  return nn.Conv(features, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)),
+            pad: tuple[int, int] = (1, 1), name: Optional[str] = None) -> nn.Conv:
+  """3x3 conv, padded `pad` = (before, after) on H and W (the default (1, 1) keeps
+  H at stride 1; either padding maps an even H to H / 2 at stride 2)."""
+  return nn.Conv(features, (3, 3), strides=(stride, stride), padding=(pad, pad),
                  kernel_init=default_init(init_scale), bias_init=nn.initializers.zeros,
                  dtype=dtype, param_dtype=jnp.float32, name=name)
 
@@ -78,15 +86,18 @@ def upsample_2x(x: Array) -> Array:
 class Downsample(nn.Module):
   """Halves H and W: strided 3x3 conv if `with_conv`, else 2x2 average pooling.
 
-  `[B, H, W, C] -> [B, H/2, W/2, C]`; H and W must be even.
+  `[B, H, W, C] -> [B, H/2, W/2, C]`; H and W must be even. `padding` (a key of
+  `DOWNSAMPLE_PADDINGS`) is the conv's: 1 on every side, or 0 before and 1 after.
   """
   with_conv: bool = True
   dtype: Dtype = jnp.float32
+  padding: int = 1
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     if self.with_conv:
-      return conv3x3(x.shape[-1], self.dtype, stride=2, name="conv")(x)
+      return conv3x3(x.shape[-1], self.dtype, stride=2, pad=DOWNSAMPLE_PADDINGS[self.padding],
+                     name="conv")(x)
     return downsample_2x(x)
 
 

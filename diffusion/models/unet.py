@@ -60,6 +60,10 @@ class UNet(nn.Module):
       separate Downsample / Upsample layers.
     resamp_with_conv: separate resampling uses a strided 3x3 conv down and
       nearest + 3x3 conv up; if False, 2x2 average pooling and plain nearest.
+    downsample_padding: the strided conv's padding: 1 pads every side by one
+      pixel; 0 pads only the bottom and right, as TensorFlow's 'SAME' in the DDPM
+      paper's code and diffusers' `downsample_padding=0` (their published DDPM
+      weights need it: `diffusion.port`). Same parameters either way.
     scale_shift_norm: FiLM conditioning (ADM) instead of adding the embedding.
     skip_rescale: divide every residual sum by sqrt(2) (DDPM++).
     embedding: "sinusoidal" (t is a timestep; embeds `time_scale * t`) or
@@ -85,6 +89,7 @@ class UNet(nn.Module):
   dropout: float = 0.1
   resblock_updown: bool = False
   resamp_with_conv: bool = True
+  downsample_padding: int = 1
   scale_shift_norm: bool = False
   skip_rescale: bool = False
   embedding: str = "sinusoidal"
@@ -140,6 +145,9 @@ class UNet(nn.Module):
       fail(f"channel_mult entries must be positive ints, got {self.channel_mult}")
     if not is_int(self.num_res_blocks) or self.num_res_blocks < 1:
       fail(f"num_res_blocks must be an int >= 1, got {self.num_res_blocks!r}")
+    if self.downsample_padding not in layers.DOWNSAMPLE_PADDINGS:
+      fail(f"downsample_padding must be one of {tuple(layers.DOWNSAMPLE_PADDINGS)}, "
+           f"got {self.downsample_padding!r}")
     if not 0.0 <= self.dropout < 1.0:
       fail(f"dropout must be in [0, 1), got {self.dropout!r}")
     if self.embedding not in EMBEDDINGS:
@@ -303,7 +311,8 @@ class UNet(nn.Module):
         if self.resblock_updown:
           h = res(out_ch, f"down{i}_downsample", "down")(h, emb, train=train)
         else:
-          h = layers.Downsample(self.resamp_with_conv, dt, name=f"down{i}_downsample")(h)
+          h = layers.Downsample(self.resamp_with_conv, dt, self.downsample_padding,
+                                name=f"down{i}_downsample")(h)
         skips.append(h)
 
     h = res(levels[-1], "mid_res0")(h, emb, train=train)

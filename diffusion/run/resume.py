@@ -23,6 +23,10 @@ from diffusion.run.workdir import Workdir, read_json, write_json
 RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.ckpt_every",
                   "train.sample_every", "train.keep_checkpoints", "sample.", "eval.", "wandb.",
                   "allow_config_change")
+# Keys added to the config after workdirs were written without them, with the
+# value the code before them behaved as: a config.json that lacks such a key
+# reads as having that value (so old runs resume and sample as before).
+ADDED_KEYS = {"model.downsample_padding": 1}
 # What each mode does anyway with --config.allow_config_change=True. "train"
 # may start a new workdir; the others read a trained one.
 MODES = (("train", "resume"), ("sample", "sample"), ("eval", "evaluate"), ("export", "export"))
@@ -30,7 +34,7 @@ MODES = (("train", "resume"), ("sample", "sample"), ("eval", "evaluate"), ("expo
 
 def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
   """``{dotted key: (old value, new value)}`` for every key that differs."""
-  old, new = flatten(old), flatten(new)
+  old, new = {**ADDED_KEYS, **flatten(old)}, flatten(new)
   missing = object()
   return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
           if old.get(k, missing) != new.get(k, missing)}
