@@ -267,7 +267,7 @@ def get_config(arg=None):
   # Cached reference statistics ("" = workdir/eval/reference_<features>_<split>.npz).
   ev.reference_stats = ""
   ev.reference_split = "train"  # Split the reference statistics come from.
-  ev.reference_num = 0  # Reference images: 0 = one epoch of the split, else the first n.
+  ev.reference_num = 0  # Reference images: 0 = every image of the split, else the first n.
   # Feature vectors held in memory per set for KID and precision/recall (O(n^2)).
   ev.kept_features = 5_000
   ev.kid_subsets = 100  # KID: random subsets ...

@@ -359,3 +359,24 @@ def test_digits_read_without_sklearn_equal_its_loader():
   np.testing.assert_array_equal(images[..., 0], digits.images)
   np.testing.assert_array_equal(labels, digits.target)
   assert images.shape == (1797, 8, 8, 1) and labels.dtype == np.int32 and levels == 17
+
+
+def test_every_example_keeps_the_last_partial_batch_and_splits_like_next():
+  """1797 digits in global batches of 16 (112 full ones, 5 left over): every
+  example once, in epoch 0's order; with 2 processes the slices put together
+  are the 1-process batches; the padding rows are zeros and lie past N."""
+  config = _config(batch_size=16)
+  one = data.create(config, seed=3)
+  batches = list(one.every_example())
+  assert len(batches) == 113 and all(b["image"].shape == (16, 8, 8, 1) for b in batches)
+  rows = np.concatenate([b["image"] for b in batches])
+  assert not rows[1797:].any()
+  np.testing.assert_array_equal(rows[:16], next(one)["image"])  # Epoch 0's first batch.
+  order = np.random.default_rng([3, 0]).permutation(1797)
+  stored = one.images[order].astype(np.float32) / 16 * 2 - 1
+  np.testing.assert_array_equal(rows[:1797], stored)
+  halves = [list(data.create(config, seed=3, process_index=i, process_count=2).every_example(21))
+            for i in range(2)]
+  joined = np.concatenate([np.concatenate([a["image"], b["image"]]) for a, b in zip(*halves)])
+  np.testing.assert_array_equal(joined[:21], rows[:21])
+  assert len(joined) == 32 and not joined[21:].any()

@@ -101,3 +101,24 @@ def test_precision_recall():
   assert p == 1.0 and r < 0.02
   far = real + 100.0
   assert evaluate.precision_recall(real, far) == (0.0, 0.0)
+
+
+def test_reference_statistics_cover_the_whole_split(tmp_path):
+  """reference_num=0: all 1797 digits, although 1797 is no multiple of the data
+  batch (16): the last partial batch counts, its padding rows do not. The
+  "extractor" is the first 4 pixels, so the statistics are checked exactly
+  against numpy's mean and covariance of those pixels over the split (float64
+  on both sides, summed in another order: 1e-12)."""
+  from configs import smoke
+  from diffusion.data import iterator as data
+  from diffusion.eval import features
+  config = smoke.get_config()
+  config.data.batch_size, config.eval.reference_num, config.eval.features = 16, 0, "classifier"
+  config.eval.classifier_path = str(tmp_path / "none")
+  extract = lambda x: (np.asarray(x).reshape(len(x), -1)[:, :4].astype(np.float64), None)
+  stats, kept = features.reference_stats(config, str(tmp_path), extract)
+  pixels = data.create(config.data, seed=0, loaded=None).images.reshape(1797, -1)[:, :4]
+  pixels = pixels.astype(np.float64) / 16 * 2 - 1
+  assert stats.count == 1797 and len(kept) == min(1797, config.eval.kept_features)
+  np.testing.assert_allclose(stats.mean, pixels.mean(0), rtol=1e-12, atol=1e-12)
+  np.testing.assert_allclose(stats.cov, np.cov(pixels, rowvar=False), rtol=1e-10, atol=1e-12)

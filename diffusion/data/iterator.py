@@ -79,6 +79,31 @@ class DataIterator(Iterator[dict]):
       return self.images.take(idx)
     return self.images[idx], self.labels[idx]
 
+  def every_example(self, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """The first `limit` (default all N) examples of epoch 0's order, each once, in
+    global batches of `batch_size` (this process's slice of each, as `__next__`),
+    the last one padded with zero images to the full size: of the gathered
+    batches, keep the first `limit` rows. For statistics over a whole split
+    (`__next__` drops an epoch's last partial batch); the iterator's own position
+    is left as it is. Needs ``dequantize`` and ``random_flip`` off."""
+    if self.dequantize or self.random_flip:
+      raise ValueError("every_example reads the stored pixels: dequantize and random_flip "
+                       "must be off")
+    n = len(self.images) if limit is None else min(limit, len(self.images))
+    local_b = self.batch_size // self.process_count
+    perm = self._permutation(0)
+    shape = self._take(perm[:1])[0].shape[1:]
+    for start in range(0, n, self.batch_size):
+      lo = min(start + self.process_index * local_b, n)
+      pixels, labels = self._take(perm[lo:min(lo + local_b, n)])
+      images = pixels.astype(np.float32) / (self.levels - 1) * 2.0 - 1.0
+      pad = local_b - len(images)
+      if pad:
+        images = np.concatenate([images.reshape((-1,) + shape),
+                                 np.zeros((pad,) + shape, np.float32)])
+        labels = np.concatenate([np.asarray(labels, np.int64), np.zeros(pad, np.int64)])
+      yield {"image": images.astype(np.float32), "label": np.asarray(labels).astype(np.int32)}
+
   def __next__(self) -> dict[str, np.ndarray]:
     """``{"image": float32 [B / process_count, H, W, C] in [-1, 1], "label": int32 [...]}``."""
     global_b = self.batch_size

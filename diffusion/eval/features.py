@@ -149,13 +149,13 @@ def reference_stats(config, workdir: str, extract):
   # features; the gathered rows are the global batch in order.
   it = data.create(dc, seed=config.seed, process_index=jax.process_index(),
                    process_count=jax.process_count())
-  total = it.batches_per_epoch * dc.batch_size
+  total = len(it.images)  # Every image: the last partial batch too (`every_example`).
   n = min(e.reference_num, total) if e.reference_num > 0 else total
   stats, kept, done = None, [], 0
   bar = console.progress(None, "reference statistics", unit="batch", total=-(-n // dc.batch_size))
-  while done < n:
+  for batch in it.every_example(n):
     bar.update(1)
-    feats, _ = extract(next(it)["image"])
+    feats, _ = extract(batch["image"])
     feats = placement.gather_rows(feats)[:n - done]
     stats = (stats or metrics.FeatureStats(feats.shape[1])).update(feats)
     kept.append(feats[:max(0, e.kept_features - done)])

@@ -22,7 +22,7 @@ padded and cut), clips them to [-1, 1] and extracts features and logits
   separately); feature extraction is not timed; NFE per sample (None for the
   adaptive rk45 solver).
 
-Reference statistics come from one epoch of ``eval.reference_split`` (or its
+Reference statistics come from every image of ``eval.reference_split`` (or its
 first ``eval.reference_num`` images), not dequantised, cached in
 ``eval.reference_stats`` (default ``workdir/eval/reference_<features>_<split>.npz``)
 with the first ``kept_features`` feature vectors. Bits/dim (``eval.bpd``) is
