@@ -113,20 +113,18 @@ def test_nearest_neighbours_finds_training_images_and_orders():
   rng = np.random.default_rng(0)
   train = rng.uniform(-1, 1, (50, 4, 4, 1)).astype(np.float32)
   samples = train[[7, 23, 41]]
-  for chunk_elems in (1, 7, 1 << 20):  # chunks of 1 image, of 2, and one chunk
-    idx, grid = visualize.nearest_neighbours(samples, train, k=3, chunk_elems=chunk_elems,
-                                             min_tile=4, padding=PAD)
-    assert idx.shape == (3, 3)
-    np.testing.assert_array_equal(idx[:, 0], [7, 23, 41])
-    brute = np.argsort(((samples[:, None] - train[None]) ** 2).reshape(3, 50, -1).sum(-1), 1)
-    np.testing.assert_array_equal(idx, brute[:, :3])
+  idx, grid = visualize.nearest_neighbours(samples, train, k=3, min_tile=4, padding=PAD)
+  assert idx.shape == (3, 3)
+  np.testing.assert_array_equal(idx[:, 0], [7, 23, 41])
+  brute = np.argsort(((samples[:, None] - train[None]) ** 2).reshape(3, 50, -1).sum(-1), 1)
+  np.testing.assert_array_equal(idx, brute[:, :3])
   assert grid.shape == (3 * (4 + PAD) + PAD, 4 * (4 + PAD) + PAD, 1)
   np.testing.assert_array_equal(_tile(grid, 1, 0, 4, 4), visualize.to_uint8(train[23]))
   np.testing.assert_array_equal(_tile(grid, 1, 2, 4, 4), visualize.to_uint8(train[idx[1, 1]]))
   # Crafted: constant images; the sample 0.3 is 0.6, 0.8, 0.2, 0.1 from them.
   consts = np.array([0.9, -0.5, 0.1, 0.4], np.float32)[:, None, None, None] * np.ones((4, 2, 2, 1))
   sample = np.full((1, 2, 2, 1), 0.3, np.float32)
-  idx, _ = visualize.nearest_neighbours(sample, consts.astype(np.float32), k=4, chunk_elems=1)
+  idx, _ = visualize.nearest_neighbours(sample, consts.astype(np.float32), k=4)
   np.testing.assert_array_equal(idx, [[3, 2, 0, 1]])
   with pytest.raises(ValueError, match="k="):
     visualize.nearest_neighbours(sample, consts, k=5)

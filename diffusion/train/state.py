@@ -132,18 +132,14 @@ def lr_schedule(config) -> Callable[[jax.Array], jax.Array]:
         f"config.optim.decay_steps={decay_steps} must exceed "
         f"config.optim.warmup_steps={warmup} for the cosine schedule")
 
-  def schedule(step):
-    step = jnp.asarray(step, jnp.float32)
-    if name == "constant":
-      after = jnp.full_like(step, peak)
-    else:
-      frac = jnp.clip((step - warmup) / (decay_steps - warmup), 0.0, 1.0)
-      after = end + (peak - end) * 0.5 * (1.0 + jnp.cos(jnp.pi * frac))
+  # optax's schedules (their step counts are the same: decay_steps includes the warmup).
+  if name == "constant":
     if warmup == 0:
-      return after
-    return jnp.where(step < warmup, peak * step / warmup, after)
-
-  return schedule
+      return optax.constant_schedule(peak)
+    return optax.warmup_constant_schedule(0.0, peak, warmup)
+  if warmup == 0:
+    return optax.cosine_decay_schedule(peak, decay_steps, alpha=end / peak)
+  return optax.warmup_cosine_decay_schedule(0.0, peak, warmup, decay_steps, end_value=end)
 
 
 def make_optimizer(config) -> optax.GradientTransformation:

@@ -191,18 +191,18 @@ def trajectory_strip(traj_x, traj_x0, num_columns: int = 8, **grid_kwargs) -> np
   return image_grid(np.clip(tiles, -1.0, 1.0), nrow=len(idx), **grid_kwargs)
 
 
-def nearest_neighbours(samples, train, k: int = 3, chunk_elems: int = 1 << 24,
-                       **grid_kwargs) -> tuple[np.ndarray, np.ndarray]:
+def nearest_neighbours(samples, train, k: int = 3, **grid_kwargs) -> tuple[np.ndarray, np.ndarray]:
   """Each sample's `k` nearest training images in pixel L2 (a memorisation check).
 
-  Distances ``|a|^2 - 2 a.b + |b|^2`` in float64, over chunks of the training
-  set of ``~chunk_elems / N`` images (memory ``O(N * chunk)``, never
-  ``O(N * M * D)``); ties go to the lower index.
+  scikit-learn's exact (brute-force) search in float64: it computes the
+  distances in chunks of its working memory (1 GiB by default), never the
+  whole ``[N, M]`` matrix at once.
 
   Returns:
     ``(indices int64 [N, k], grid)``: grid rows are a sample then its
     neighbours, nearest first (``image_grid`` with ``nrow = k + 1``).
   """
+  from sklearn.neighbors import NearestNeighbors  # pylint: disable=g-import-not-at-top
   samples, train = np.asarray(samples), np.asarray(train)
   if samples.shape[1:] != train.shape[1:]:
     raise ValueError(f"samples {samples.shape} and training images {train.shape} differ in "
@@ -210,19 +210,10 @@ def nearest_neighbours(samples, train, k: int = 3, chunk_elems: int = 1 << 24,
   n, m = len(samples), len(train)
   if not 1 <= k <= m:
     raise ValueError(f"k={k} must lie in [1, {m}] (the number of training images)")
-  a = samples.reshape(n, -1).astype(np.float64)
-  a2 = (a * a).sum(1, keepdims=True)
-  best_d = np.full((n, 0), np.inf)
-  best_i = np.zeros((n, 0), np.int64)
-  chunk = max(1, chunk_elems // max(n, 1))
-  for start in range(0, m, chunk):
-    b = train[start:start + chunk].reshape(-1, a.shape[1]).astype(np.float64)
-    d = np.maximum(a2 - 2.0 * a @ b.T + (b * b).sum(1)[None], 0.0)
-    cand_d = np.concatenate([best_d, d], 1)
-    cand_i = np.concatenate([best_i, np.broadcast_to(np.arange(start, start + len(b)), d.shape)], 1)
-    order = np.argsort(cand_d, axis=1, kind="stable")[:, :k]
-    best_d = np.take_along_axis(cand_d, order, 1)
-    best_i = np.take_along_axis(cand_i, order, 1)
+  search = NearestNeighbors(n_neighbors=k, algorithm="brute", metric="euclidean")
+  search.fit(train.reshape(m, -1).astype(np.float64))
+  _, best_i = search.kneighbors(samples.reshape(n, -1).astype(np.float64))
+  best_i = best_i.astype(np.int64)
   tiles = np.concatenate([samples[:, None], train[best_i]], 1).reshape((-1,) + samples.shape[1:])
   return best_i, image_grid(np.clip(tiles, -1.0, 1.0), nrow=k + 1, **grid_kwargs)
 
