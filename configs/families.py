@@ -162,7 +162,10 @@ def ddpm_28x28() -> Family:
       optim=dict(warmup_steps=1000),
       ema=dict(decay=0.9995),
       train=dict(num_steps=40_000, log_every=100, ckpt_every=5000, sample_every=10_000),
-      sample=dict(num_samples=64)))
+      sample=dict(num_samples=64),
+      # Grayscale digits / clothes: the project's classifier is the FID feature
+      # extractor (trained once per dataset and cached); Inception needs RGB photos.
+      eval=dict(features="classifier")))
 
 
 def digits_8x8() -> Family:
@@ -175,7 +178,10 @@ def digits_8x8() -> Family:
   """
   return (dict(data=dict(source="digits", name="digits", image_size=8, channels=1,
                          random_flip=False, dequantize=False),
-               model=dict(num_res_blocks=1, attention_resolutions=(), num_heads=1, dropout=0.0)),)
+               model=dict(num_res_blocks=1, attention_resolutions=(), num_heads=1, dropout=0.0),
+               # The project's classifier as the FID features (trained once, cached);
+               # digits have no test split: bits/dim on training images, as stated here.
+               eval=dict(features="classifier", bpd_split="train")),)
 
 
 def short_cpu_run() -> Family:

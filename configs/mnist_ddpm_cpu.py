@@ -50,7 +50,7 @@ def layers():
               "ddim:steps=100,eta=0", "ddim:steps=10,eta=1", "ddim:steps=20,eta=1",
               "ddim:steps=50,eta=1", "ddim:steps=100,eta=1",
               "probability_flow:steps=50,ode_method=heun", "euler_maruyama:steps=1000", "ddpm"),
-          num_samples=256, batch_size=256, features="classifier", baseline_split="test",
+          num_samples=256, batch_size=256, baseline_split="test",
           bpd_num=64)))
 
 

@@ -19,7 +19,7 @@ def layers():
       sample=dict(method="ddim", num_steps=4, num_samples=4, batch_size=4, grid_size=4),
       eval=dict(
           specs=("ddim:steps=4,eta=0", "ddim:steps=4,eta=1"), num_samples=20, batch_size=10,
-          features="classifier",  # tests/test_eval_mode.py sets classifier_path.
+          # features="classifier" (families.digits_8x8); tests/test_eval_mode.py sets classifier_path.
           reference_num=200, kept_features=200, kid_subsets=10, bpd_num=8)))
 
 

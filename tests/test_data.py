@@ -75,8 +75,8 @@ def test_image_folder_flat_split_and_gray_to_rgb(tmp_path):
   shutil.rmtree(tmp_path / "test")
   shutil.move(str(tmp_path / "train"), str(tmp_path / "flat"))
   config.update(data_dir=str(tmp_path / "flat"))
-  with pytest.raises(ValueError, match=r"has no test/ subfolder, so its images are the "
-                                       r"training images.*set that key to 'train'"):
+  with pytest.raises(ValueError, match=r"\(no test/ subfolder\) has one split, its training "
+                                       r"images.*set that key to 'train'"):
     data.create(config, seed=0)
   config.update(split="train", batch_size=3)
   assert next(data.create(config, seed=0))["image"].shape == (3, 8, 8, 3)

@@ -33,7 +33,8 @@ import tiny_classifier
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "workdir_v0" / "discrete"
 SPECS = ("ddim:steps=4,eta=0", "ddim:steps=4,eta=1")
-BASELINE = "--config.eval.baseline_split=test"  # A first row "data:test" of real images.
+BASELINE = "--config.eval.baseline_split=train"  # A first row "data:train" of real images
+# (digits have one split: smoke.py evaluates on it knowingly, families.digits_8x8).
 
 
 def _main(workdir, cache, *flags):
@@ -75,7 +76,7 @@ def run(tmp_path_factory):
 
 def test_results_have_one_row_per_sampler(run):
   results = run["results"]
-  assert [r["spec"] for r in results["rounds"]] == ["data:test", *SPECS]
+  assert [r["spec"] for r in results["rounds"]] == ["data:train", *SPECS]
   assert results["step"] == 2 and results["features"] == "classifier"
   for r in results["rounds"][1:]:
     assert r["steps"] == 4 and r["nfe"] == 4 and r["num_samples"] == 20
@@ -89,7 +90,7 @@ def test_results_have_one_row_per_sampler(run):
   kid = results["rounds"][1]["kid"]
   assert f"| {results['rounds'][1]['fid']:.3f} | {kid:.2f} |" in md
   assert sum(line.startswith("| `ddim:steps=4") for line in md.splitlines()) == 2
-  assert "| `data:test` | - | - |" in md
+  assert "| `data:train` | - | - |" in md
   assert "bits/dim" in md
 
 
@@ -113,8 +114,8 @@ def test_fid_is_the_distance_of_the_saved_statistics(run):
 
 
 def test_data_row_scores_the_first_test_images(run):
-  """The "data:test" row's statistics are those of the classifier features of
-  the first 20 test images (the data iterator's order at seed + 2), quantised
+  """The "data:train" row's statistics are those of the classifier features of
+  the first 20 images (the data iterator's order at seed + 2), quantised
   to 256 levels (eval.quantize), computed
   here independently, in the same two updates of 10: the same float64
   arithmetic, so equal to 1e-12 (a different update order would change the
@@ -125,7 +126,7 @@ def test_data_row_scores_the_first_test_images(run):
   config = smoke.get_config()
   config.eval.classifier_path = str(run["classifier"])
   dc = config.data
-  dc.update(split="test", dequantize=False, random_flip=False, batch_size=10)
+  dc.update(split="train", dequantize=False, random_flip=False, batch_size=10)
   it = data.create(dc, seed=config.seed + 2)
   images = np.concatenate([next(it)["image"] for _ in range(2)])
   # Scored as the published protocol does (eval.quantize): rounded to 256 levels.
@@ -134,14 +135,14 @@ def test_data_row_scores_the_first_test_images(run):
       levels.astype(np.float32) / np.float32(127.5) - np.float32(1))
   expected = metrics.FeatureStats(feats.shape[1]).update(feats[:10]).update(feats[10:])
   ev = run["workdir"] / "eval"
-  with np.load(ev / "rounds" / "data_test_stats.npz") as f:
+  with np.load(ev / "rounds" / "data_train_stats.npz") as f:
     saved = metrics.FeatureStats.from_arrays(dict(f))
   with np.load(ev / "reference_classifier_train.npz") as f:
     ref = metrics.FeatureStats.from_arrays(dict(f))
   assert saved.count == 20
   np.testing.assert_allclose(saved.mean, expected.mean, rtol=1e-12, atol=1e-15)
   assert row["fid"] == pytest.approx(metrics.fid(expected, ref), rel=1e-12)
-  assert "skipping data:test" in run["second"]
+  assert "skipping data:train" in run["second"]
 
 
 def test_killed_eval_resumes_with_only_the_missing_round(run):
@@ -162,7 +163,7 @@ def test_killed_eval_resumes_with_only_the_missing_round(run):
 def test_every_unit_of_work_shows_a_progress_bar(run):
   # tqdm on stderr: each bar's last state is "<desc>: 100%|...| done/total [elapsed<ETA...".
   out = run["first"].replace("\r", "\n")
-  for spec in ("data:test",) + SPECS:  # 20 images in calls of 10.
+  for spec in ("data:train",) + SPECS:  # 20 images in calls of 10.
     assert re.search(rf"eval {re.escape(spec)}: 100%.*\| 2/2 \[", out), spec
   assert re.search(r"reference statistics: 100%.*\| 13/13 \[", out)  # 200 in batches of 16.
   assert re.search(r"bits/dim: 100%.*\| 1/1 \[", out)  # 8 images in one batch.
@@ -171,10 +172,10 @@ def test_every_unit_of_work_shows_a_progress_bar(run):
 def test_bits_per_dim_once_per_model(run):
   bpd = run["results"]["bpd"]
   assert bpd["method"] == "ddpm_vlb" and "no dequantisation" in bpd["description"]
-  assert bpd["num_images"] == 8 and bpd["split"] == "test" and bpd["num_bins"] == 17
-  assert run["first"].count("eval: bits/dim on 8 test images") == 1
+  assert bpd["num_images"] == 8 and bpd["split"] == "train" and bpd["num_bins"] == 17
+  assert run["first"].count("eval: bits/dim on 8 train images") == 1
   # Recomputed here from the checkpoint: DDPM's bound (17 levels) of the EMA
-  # model on the first 8 test images of the iterator at seed + 1, with eval's
+  # model on the first 8 images of the iterator at seed + 1, with eval's
   # key. Same program on the same inputs: equal to float32 rounding of the
   # mean of 8 values of ~1e1 (1e-6 relative).
   config = smoke.get_config()
@@ -184,7 +185,7 @@ def test_bits_per_dim_once_per_model(run):
     state, _ = ckpt.restore(2, exp.abstract_state())
   eps_fn = exp.denoiser(state.ema_params).eps_fn()
   dc = config.data
-  dc.update(split="test", dequantize=False, random_flip=False, batch_size=8)
+  dc.update(split="train", dequantize=False, random_flip=False, batch_size=8)
   images = next(data.create(dc, seed=config.seed + 1))["image"]
   key = jax.random.fold_in(jax.random.fold_in(sample_key, 0x62706400), 0)
   expected = likelihood.ddpm_vlb(eps_fn, process, images, key, num_bins=17)["total"]

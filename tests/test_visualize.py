@@ -1,7 +1,9 @@
 """Diagnostic figures (`diffusion.visualize`, `diffusion.figures`): exact pixels,
 layouts, nearest-neighbour indices, and the CLI end to end on digits."""
+import json
 import math
 import os
+import pathlib
 
 import jax
 import numpy as np
@@ -11,6 +13,8 @@ from PIL import Image
 from diffusion.viz import figures
 from diffusion.core import schedules
 from diffusion.viz import images as visualize
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 PAD = 2
 
@@ -171,3 +175,23 @@ def test_figures_end_to_end(tmp_path, capsys):
     np.testing.assert_array_equal(f["distances"][:, 0], 0.0)  # each sample IS a training image
   with Image.open(out / "nearest_neighbours.png") as im:  # 8x8 tiles upscaled x4
     assert im.size == (3 * (32 + PAD) + PAD, 3 * (32 + PAD) + PAD)
+
+
+def test_fid_vs_nfe_plot_draws_one_line_per_sampler_family(tmp_path):
+  """From the README's MNIST results.json: DDIM's two eta settings are two lines of
+  four step counts each, sorted by NFE; the probability-flow ODE (Heun) costs 2
+  evaluations per step; the data row is the floor, not a line."""
+  rounds = json.loads((ROOT / "docs" / "mnist_cpu_eval" / "results.json").read_text())["rounds"]
+  path = tmp_path / "fid.png"
+  lines = visualize.metric_vs_nfe_plot(str(path), rounds, "fid", figsize=(6, 4), dpi=50)
+  assert sorted(lines) == ["ddim:eta=0", "ddim:eta=1", "ddpm", "euler_maruyama",
+                           "probability_flow:ode_method=heun"]
+  fid = {r["spec"]: r["fid"] for r in rounds}
+  assert lines["ddim:eta=1"] == [(n, fid[f"ddim:steps={n},eta=1"]) for n in (10, 20, 50, 100)]
+  assert lines["probability_flow:ode_method=heun"] == [
+      (100, fid["probability_flow:steps=50,ode_method=heun"])]
+  with Image.open(path) as im:
+    assert im.format == "PNG" and im.size == (300, 200)
+  assert visualize.sampler_family("ddim:eta=0,steps=5") == "ddim:eta=0"
+  with pytest.raises(ValueError, match="no sampler rows"):
+    visualize.metric_vs_nfe_plot(str(path), rounds[:1], "fid")

@@ -251,17 +251,23 @@ def _image_files(directory: str) -> list[str]:
                 for name in names if name.lower().endswith(IMAGE_EXTENSIONS))
 
 
+def _only_train(split: str, what: str, fix: str = "") -> None:
+  """ValueError unless `split` is "train": `what` has one split, its training images,
+  so scoring them as another split would silently score training images."""
+  if split != "train":
+    raise ValueError(
+        f"config.data.split={split!r}: {what} has one split, its training images; scoring "
+        f"them as {split!r} (eval.bpd_split, eval.reference_split, eval.baseline_split) "
+        f"would score training images; {fix}set that key to 'train' to do so knowingly")
+
+
 def _load_image_folder(directory: str, config):
   """Image files under `directory`; one subfolder per class gives the labels."""
   if os.path.isdir(os.path.join(directory, config.split)):
     directory = os.path.join(directory, config.split)
-  elif config.split != "train":  # The folder's images are its one split: the training set.
-    raise ValueError(
-        f"config.data.split={config.split!r}: image folder {directory!r} has no "
-        f"{config.split}/ subfolder, so its images are the training images; scoring them "
-        f"as {config.split!r} (eval.bpd_split, eval.reference_split, eval.baseline_split) "
-        f"would score training images. Add {directory}/{config.split}/ (and "
-        f"{directory}/train/), or set that key to 'train' to do so knowingly")
+  else:  # The folder's images are its one split: the training set.
+    _only_train(config.split, f"image folder {directory!r} (no {config.split}/ subfolder)",
+                f"add {directory}/{config.split}/ (and {directory}/train/), or ")
   subdirs = sorted(d for d in os.listdir(directory)
                    if os.path.isdir(os.path.join(directory, d)))
   classes = [d for d in subdirs if _image_files(os.path.join(directory, d))]
@@ -310,6 +316,7 @@ def _load_files(config):
         f"of images ({'/'.join(e[1:] for e in IMAGE_EXTENSIONS)}; optionally one "
         "subfolder per class), or an .npz file")
   if path.endswith(".npz") and os.path.isfile(path):
+    _only_train(config.split, f"the .npz file {path!r}")
     return _load_npz(path)
   if not os.path.exists(path):
     from diffusion.data import prepare  # pylint: disable=g-import-not-at-top
@@ -377,6 +384,7 @@ def _load_tfds(config, data_source=None):
 def load(config):
   source = config.source
   if source == "digits":
+    _only_train(config.split, "source='digits' (scikit-learn's 1,797 digits)")
     return _load_digits()
   if source == "files":
     return _load_files(config)

@@ -12,7 +12,11 @@ Writes under ``--out``:
 - with ``--workdir``: ``nearest_neighbours.png``, the first ``--num_samples``
   samples of the latest ``samples/final_*.npz`` (written by ``--mode sample``)
   each followed by its ``--k`` nearest training images in pixel L2, and
-  ``nearest_neighbours.npz`` (indices and distances' order).
+  ``nearest_neighbours.npz`` (indices and distances' order);
+- with ``--workdir`` (its ``eval/results.json``, written by ``--mode eval``) or
+  ``--results FILE``: ``fid_vs_nfe.png``, FID against the number of network
+  evaluations, one line per sampler family, the data row as the floor
+  (`viz.images.metric_vs_nfe_plot`).
 
 `--config` takes ``file.py`` or ``file.py:variant`` and ``--config.a.b=v``
 overrides, like `diffusion.main` (`run.cli`); errors are one line, exit 2.
@@ -20,6 +24,7 @@ overrides, like `diffusion.main` (`run.cli`); errors are one line, exit 2.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import sys
@@ -93,6 +98,8 @@ def _define_flags(values) -> None:
   flags.DEFINE_integer("num_samples", 16, "samples in nearest_neighbours.png",
                        flag_values=values)
   flags.DEFINE_integer("k", 3, "neighbours per sample", flag_values=values)
+  flags.DEFINE_string("results", None, "an eval results.json for fid_vs_nfe.png (default: "
+                      "WORKDIR/eval/results.json when it exists)", flag_values=values)
   flags.DEFINE_integer("max_train", None, "compare with at most this many training images "
                        "(default: all)", flag_values=values)
 
@@ -107,12 +114,17 @@ def main(argv=None) -> None:
   config = args.config
   if args.workdir is not None and not os.path.isdir(args.workdir):
     cli.fail(f"--workdir {args.workdir!r} is not a folder")
-  npz = None
+  npz, results = None, args.results
+  if results is not None and not os.path.isfile(results):
+    cli.fail(f"--results {results!r}: no such file (an eval results.json)")
   if args.workdir is not None:
+    found = os.path.join(args.workdir, "eval", "results.json")
+    results = results or (found if os.path.isfile(found) else None)
     try:
       npz = latest_samples(args.workdir)
     except FileNotFoundError as e:
-      cli.fail(str(e))
+      if results is None:
+        cli.fail(f"{e} (or run --mode eval for the FID-vs-NFE figure)")
 
   os.makedirs(args.out, exist_ok=True)
   num_steps = config.diffusion.num_steps
@@ -149,6 +161,15 @@ def main(argv=None) -> None:
              samples_file=npz)
     print(f"wrote {path} ({len(samples)} samples of {npz} against {len(train)} training "
           f"images; median nearest L2 distance {np.median(dist[:, 0]):.3f})")
+
+  if results is not None:
+    with open(results) as f:
+      table = json.load(f)
+    path = os.path.join(args.out, "fid_vs_nfe.png")
+    visualize.metric_vs_nfe_plot(path, table["rounds"], "fid", title=(
+        f"FID of {table['num_samples']} samples ({table['features'].split(':')[0]} features), "
+        f"step {table['step']}"))
+    print(f"wrote {path} (from {results})")
 
 
 if __name__ == "__main__":

@@ -256,6 +256,47 @@ def schedule_plot(path: str, scheds: dict, figsize=(10.0, 4.0), dpi: int = 100) 
   _save_figure(fig, path)
 
 
+def sampler_family(spec: str) -> str:
+  """An eval spec without its step count: the line its row belongs to in
+  `metric_vs_nfe_plot` (``ddim:steps=10,eta=0`` -> ``ddim:eta=0``)."""
+  method, _, options = spec.partition(":")
+  kept = [o for o in options.split(",") if o and o.split("=")[0] not in ("steps", "num_steps")]
+  return ":".join([method] + ([",".join(kept)] if kept else []))
+
+
+def metric_vs_nfe_plot(path: str, rounds, metric: str = "fid", title: str | None = None,
+                       figsize=(7.0, 4.5), dpi: int = 100) -> dict[str, list]:
+  """PNG of `metric` against NFE (log axis) for the rows of an eval ``results.json``:
+  one line per sampler family (`sampler_family`), the ``data:*`` row as a dashed
+  horizontal line (the metric's floor at this N). Returns ``{family: [(nfe,
+  value), ...]}``, sorted by NFE, as drawn."""
+  lines: dict[str, list] = {}
+  floor = None
+  for row in rounds:
+    if row.get(metric) is None:
+      continue
+    if row["method"] == "data":
+      floor = (row["spec"], row[metric])
+    else:
+      lines.setdefault(sampler_family(row["spec"]), []).append((row["nfe"], row[metric]))
+  if not lines:
+    raise ValueError(f"no sampler rows with {metric!r} to plot")
+  fig = _figure(figsize, dpi)
+  ax = fig.subplots()
+  for family, points in lines.items():
+    points.sort()
+    ax.plot(*zip(*points), marker="o", label=family)
+  if floor is not None:
+    ax.axhline(floor[1], color="gray", linestyle="--", label=f"{floor[0]} (floor at this N)")
+  ax.set(xscale="log", xlabel="network evaluations (NFE)", ylabel=metric.upper(),
+         title=title or f"{metric.upper()} against sampling cost")
+  ax.grid(alpha=0.3, which="both")
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  _save_figure(fig, path)
+  return lines
+
+
 def save_labelled(path: str, grid, row_labels=(), col_labels=(), title: str | None = None,
                   dpi: int = 100) -> None:
   """Saves a uint8 `image_grid` with text labels by row and column (matplotlib).
