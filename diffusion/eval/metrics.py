@@ -173,11 +173,16 @@ def inception_score(logits, num_splits: int = 10):
 
 
 def _knn_radii(x: np.ndarray, k: int) -> np.ndarray:
-  d2 = np.sum(x**2, 1)[:, None] + np.sum(x**2, 1)[None] - 2 * x @ x.T
-  return np.sqrt(np.maximum(np.sort(d2, axis=1)[:, k], 0.0))  # column 0 is the point itself
+  """Each vector's distance to its k-th nearest other vector (scikit-learn's exact
+  search; its first neighbour is the vector itself)."""
+  from sklearn.neighbors import NearestNeighbors  # pylint: disable=g-import-not-at-top
+  distances, _ = NearestNeighbors(n_neighbors=k + 1, algorithm="brute").fit(x).kneighbors(x)
+  return distances[:, k]
 
 
 def _coverage(points: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> float:
+  # Hand-written: every centre has a radius of its own, which scikit-learn's radius
+  # queries (one radius per query point) do not express.
   d2 = np.sum(points**2, 1)[:, None] + np.sum(centres**2, 1)[None] - 2 * points @ centres.T
   return float(np.mean(np.any(np.sqrt(np.maximum(d2, 0.0)) <= radii[None], axis=1)))
 

@@ -180,6 +180,11 @@ def make_optimizer(config) -> optax.GradientTransformation:
 def ema_update(ema_params: PyTree, params: PyTree, decay) -> PyTree:
   """``ema <- decay * ema + (1 - decay) * params``, leaf by leaf.
 
+  Hand-written rather than `optax.ema`: the rate comes from `ema_decay` (a
+  warmup and a start step that optax's EMA does not have), and the average
+  lives in the `TrainState` beside the params, not in the optimizer state, so a
+  checkpoint's EMA can be read (and exported) without the optimizer.
+
   Args:
     ema_params: the current average; its dtypes are kept.
     params: the new parameters, same structure.
