@@ -5,7 +5,7 @@ The real FID weights cannot be downloaded here, so the weights are random
 Flax's own ``init`` of this 24M-parameter net takes ~45 s on CPU, so the
 random variables are drawn as one normal vector and cut to the model's shapes.
 """
-import importlib.util
+import sys
 
 import jax
 import numpy as np
@@ -156,9 +156,7 @@ def test_converter_maps_pytorch_fid_names(variables):
     inc.convert_torch_state_dict(state)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("torch") is not None, reason=(
-    "checks the error shown when PyTorch is missing; with torch installed that error "
-    "cannot occur (the conversion itself is tested on a synthetic state dict)"))
-def test_cli_without_torch_says_what_to_install(tmp_path):
+def test_cli_without_torch_says_what_to_install(tmp_path, monkeypatch):
+  monkeypatch.setitem(sys.modules, "torch", None)  # As if PyTorch were not installed.
   with pytest.raises(ImportError, match="needs PyTorch"):
     inc.main(["--convert", str(tmp_path / "w.pth"), "--out", str(tmp_path / "w.npz")])
