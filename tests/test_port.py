@@ -15,7 +15,6 @@ bound below is 3e-5 of the RMS; the measured error is 7e-6. A wrong padding
 gives errors of the order of the output itself (1.3x its RMS, measured).
 """
 import json
-import pathlib
 import shlex
 
 import jax
@@ -31,7 +30,6 @@ from diffusion.core import checks
 from diffusion.models import unet as unet_lib
 from diffusion.run import checkpoint, cli, resume
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 REL_TOL = 3e-5  # Of the output RMS; derived in the module docstring.
 # google/ddpm-cifar10-32's config.json (the published DDPM CIFAR-10 model).
 DDPM_CIFAR10 = dict(
