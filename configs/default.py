@@ -168,18 +168,24 @@ def get_config(arg=None):
 
   # ------------------------------------------------------------- diffusion
   config.diffusion = diff = ml_collections.ConfigDict()
-  diff.type = "discrete"  # "discrete" (DDPM, integer t) | "continuous" (score SDE, t in [0, 1]).
+  # "discrete" (DDPM, integer t) | "continuous" (score SDE, t in [0, 1]) | "edm"
+  # (Karras et al. 2022: sigma_min .. sigma_max below, preconditioned "F" network).
+  diff.type = "discrete"
   diff.schedule = "linear"  # Discrete betas: a key of schedules.SCHEDULES (linear, cosine, ...).
   diff.num_steps = 1000  # T, discrete only.
-  diff.prediction = "eps"  # Network output: "eps" | "x0" | "v" (+ "score" if continuous).
-  # Discrete: "none" | "min_snr"; continuous: "sigma2" | "likelihood".
+  # Network output: "eps" | "x0" | "v" (+ "score" if continuous); "F" for edm.
+  diff.prediction = "eps"
+  # Discrete: "none" | "min_snr"; continuous: "sigma2" | "likelihood"; edm: "edm".
   diff.weighting = "none"
   diff.min_snr_gamma = 5.0  # gamma of the min-SNR weighting.
   diff.sde = "vp"  # Continuous only: "vp" | "subvp" | "ve".
   diff.beta_min = 0.1  # VP / sub-VP beta(0).
   diff.beta_max = 20.0  # VP / sub-VP beta(1).
-  diff.sigma_min = 0.01  # VE sigma(0).
-  diff.sigma_max = 50.0  # VE sigma(1).
+  diff.sigma_min = 0.01  # VE sigma(0); edm: the smallest sampling sigma (0.002).
+  diff.sigma_max = 50.0  # VE sigma(1); edm: the prior's sigma (80).
+  diff.sigma_data = 0.5  # edm: the data std of the preconditioning.
+  diff.p_mean = -1.2  # edm: ln sigma ~ N(p_mean, p_std^2) in training.
+  diff.p_std = 1.2
   diff.eps = 1e-5  # Continuous: smallest training time t (t ~ U[eps, 1]).
   diff.antithetic = False  # Continuous: low-discrepancy times over the batch.
 

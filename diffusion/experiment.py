@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P, SingleDeviceSharding
 
-from diffusion.core import checks, grids, losses, processes, schedules, sdes
+from diffusion.core import checks, edm, grids, losses, processes, schedules, sdes
 from diffusion.core.denoiser import Denoiser
 from diffusion.core.samplers import registry
 from diffusion import models
@@ -33,7 +33,12 @@ from diffusion.dist import placement
 from diffusion.models import get_model, layers
 from diffusion.train import state as ts
 
-DIFFUSION_TYPES = ("discrete", "continuous")
+DIFFUSION_TYPES = ("discrete", "continuous", "edm")
+# What each type trains: its network outputs and loss weightings.
+PREDICTIONS = {"discrete": losses.DISCRETE_PREDICTIONS,
+               "continuous": losses.CONTINUOUS_PREDICTIONS, "edm": ("F",)}
+WEIGHTINGS = {"discrete": losses.DISCRETE_WEIGHTINGS,
+              "continuous": losses.CONTINUOUS_WEIGHTINGS, "edm": ("edm",)}
 
 
 # --------------------------------------------------------------------------
@@ -58,17 +63,27 @@ def check_sampler(config, process, section=None):
     options = registry.options_from(record, s)
   except ValueError as e:
     raise ValueError(f"config.sample ({s.method}): {e}") from None
-  try:
-    on = processes.on_domain(process, record.domain, f"config.sample.method={s.method!r}")
-  except ValueError as e:
-    if record.domain == "discrete":
-      raise ValueError(f"config.sample.method={s.method!r} is a discrete-time sampler; a "
-                       f"diffusion.type='continuous' model samples with: "
-                       f"{', '.join(registry.names('continuous'))}") from None
-    raise ValueError(f"{e}; got diffusion.schedule={d.schedule!r}. Sample it with: "
-                     f"{', '.join(registry.names('discrete'))}") from None
-  if record.domain == "discrete" and hasattr(options, "num_steps"):
+  on, domain, first_error = None, None, None
+  for domain in record.domains:
+    try:
+      on = processes.on_domain(process, domain, f"config.sample.method={s.method!r}")
+      break
+    except ValueError as e:
+      first_error = first_error or e
+  if on is None:
+    what = (f"a discrete-time sampler; a diffusion.type={d.type!r} model has no integer steps"
+            if record.domains[0] == "discrete" else f"{first_error}; got diffusion.schedule="
+            f"{d.schedule!r}")
+    raise ValueError(f"config.sample.method={s.method!r} is {what}. Sample it with: "
+                     f"{', '.join(runnable(process))}") from None
+  if domain == "discrete" and hasattr(options, "num_steps"):
     grids.check_steps(options.num_steps, "config.sample.num_steps", upper=on.num_steps)
+  if domain == "sigma" and not _learned(process):
+    try:
+      processes.sigma_grid(on, options.grid, options.num_steps, eps=options.eps, rho=options.rho)
+    except ValueError as e:
+      raise ValueError(f"config.sample (grid={options.grid!r}, num_steps={options.num_steps}): "
+                       f"{e}") from None
   return record, options, on
 
 
@@ -93,6 +108,8 @@ RANGES = {
     "diffusion.sigma_min": dict(lo=0.0, lo_open=True),
     "diffusion.sigma_max": dict(lo=0.0, lo_open=True),
     "diffusion.eps": dict(lo=0.0, hi=1.0, lo_open=True, hi_open=True),
+    "diffusion.sigma_data": dict(lo=0.0, lo_open=True),
+    "diffusion.p_std": dict(lo=0.0, lo_open=True),
     "optim.lr": dict(lo=0.0, lo_open=True),
     "optim.beta1": dict(lo=0.0, hi=1.0, hi_open=True),
     "optim.beta2": dict(lo=0.0, hi=1.0, hi_open=True),
@@ -165,12 +182,32 @@ def check_ranges(config) -> None:
   if data.channels not in CHANNELS:
     raise checks.ConfigError(f"config.data.channels={data.channels!r} must be 1 (gray) or 3 (RGB)")
   d = config.diffusion
-  if d.type == "continuous" and d.sde == "ve" and not d.sigma_min < d.sigma_max:
+  if (d.type == "edm" or d.type == "continuous" and d.sde == "ve") and not d.sigma_min < d.sigma_max:
     raise checks.ConfigError(f"config.diffusion.sigma_min={d.sigma_min} must be < "
                              f"config.diffusion.sigma_max={d.sigma_max}")
   if d.type == "continuous" and d.sde != "ve" and not d.beta_min < d.beta_max:
     raise checks.ConfigError(f"config.diffusion.beta_min={d.beta_min} must be < "
                              f"config.diffusion.beta_max={d.beta_max}")
+
+
+def runnable(process) -> tuple[str, ...]:
+  """The registered samplers that can run a model trained on `process`."""
+  def ok(record):
+    for domain in record.domains:
+      try:
+        processes.on_domain(process, domain)
+        return True
+      except ValueError:
+        pass
+    return False
+  return tuple(n for n, r in registry.SAMPLERS.items() if ok(r))
+
+
+def _learned(process) -> bool:
+  """Whether the process has parameters of its own (a learned schedule): its sigma
+  grid is then only known from a checkpoint."""
+  return bool(jax.tree.leaves(process)) and not isinstance(
+      process, (schedules.DiscreteSchedule, sdes.VPSDE, sdes.VESDE, edm.EDMProcess))
 
 
 def check_sample_options(section, prefix: str = "config.sample") -> None:
@@ -204,11 +241,10 @@ def validate_config(config) -> None:
     _choice(d.sde, tuple(sorted(sdes.SDES)), "diffusion.sde")
   check_sample_options(s)
   _choice(d.type, DIFFUSION_TYPES, "diffusion.type")
-  discrete = d.type == "discrete"
-  _choice(d.prediction, losses.DISCRETE_PREDICTIONS if discrete else
-          losses.CONTINUOUS_PREDICTIONS, "diffusion.prediction")
-  _choice(d.weighting, losses.DISCRETE_WEIGHTINGS if discrete else
-          losses.CONTINUOUS_WEIGHTINGS, "diffusion.weighting")
+  for key, valid in (("prediction", PREDICTIONS[d.type]), ("weighting", WEIGHTINGS[d.type])):
+    if d[key] not in valid:
+      raise checks.ConfigError(f"config.diffusion.{key}={d[key]!r} is not one of "
+                               f"{', '.join(valid)} (what diffusion.type={d.type!r} trains)")
   check_sampler(config, noise_process(config))
   _choice(tc.parallel, placement.MODES, "train.parallel")
   _choice(tc.precision, tuple(models.PRECISIONS), "train.precision")
@@ -250,6 +286,8 @@ def noise_process(config):
   d = config.diffusion
   if d.type == "discrete":
     return schedules.get(d.schedule, num_steps=d.num_steps)
+  if d.type == "edm":
+    return edm.EDMProcess(sigma_min=d.sigma_min, sigma_max=d.sigma_max, sigma_data=d.sigma_data)
   if d.sde == "ve":
     return sdes.get("ve", sigma_min=d.sigma_min, sigma_max=d.sigma_max)
   return sdes.get(d.sde, beta_min=d.beta_min, beta_max=d.beta_max)
@@ -257,8 +295,11 @@ def noise_process(config):
 
 def noise_input(config) -> str:
   """What the denoiser gives the network for t: a Fourier-embedding network embeds
-  ``log(input)``, so it is given the noise level sigma(t); others the time itself."""
-  return "sigma" if config.model.embedding == "fourier" else "time"
+  ``log(input)``, so it is given the noise level sigma(t); an EDM model with a
+  sinusoidal embedding gets EDM's ``c_noise = log(sigma) / 4``; others the time itself."""
+  if config.model.embedding == "fourier":
+    return "sigma"
+  return "edm" if config.diffusion.type == "edm" else "time"
 
 
 def keys(config):
@@ -287,8 +328,9 @@ class Experiment:
     """The `Denoiser` of the network with `params` (`shard`: applied to every input x)."""
     shard = shard or (lambda x: x)
     net = lambda x, c, y: self.apply(params, shard(x), c, y, rng)
-    return Denoiser(net, self.config.diffusion.prediction, self.process,
-                    noise_input=noise_input(self.config), cond=cond)
+    d = self.config.diffusion
+    return Denoiser(net, d.prediction, self.process, noise_input=noise_input(self.config),
+                    cond=cond, sigma_data=d.sigma_data)
 
   def cond(self, n: int):
     """The conditioning of `n` samples: labels ``0..num_classes-1`` cycled, or None."""
@@ -304,6 +346,9 @@ class Experiment:
       return losses.discrete_loss(params, batch, rng, model_fn=model_fn, sched=self.process,
                                   prediction=d.prediction, weighting=d.weighting,
                                   min_snr_gamma=d.min_snr_gamma)
+    if d.type == "edm":
+      return edm.edm_loss(params, batch, rng, model_fn=model_fn, process=self.process,
+                          p_mean=d.p_mean, p_std=d.p_std)
     return losses.continuous_loss(params, batch, rng, model_fn=model_fn, sde=self.process,
                                   prediction=d.prediction, weighting=d.weighting, eps=d.eps,
                                   antithetic=d.antithetic)

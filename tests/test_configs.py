@@ -209,8 +209,11 @@ def test_any_linear_discrete_model_takes_every_sampler():
   np.testing.assert_allclose([sde.beta_min, sde.beta_max], [0.1, 20.0], rtol=1e-5)
   with pytest.raises(ValueError, match="diffusion.schedule='cosine'.*ddpm, ddim"):
     experiment.validate_config(_get("cifar10_ddpm", "schedule=cosine,sampler=probability_flow"))
-  with pytest.raises(ValueError, match="discrete-time sampler.*euler_maruyama"):
-    experiment.validate_config(_get("cifar10_ddpmpp_vp", "sampler=ddim"))
+  with pytest.raises(ValueError, match="discrete-time sampler.*ddim, euler_maruyama"):
+    experiment.validate_config(_get("cifar10_ddpmpp_vp", "sampler=ddpm"))
+  # DDIM runs a continuous-time model in sigma space (issue 13).
+  _, _, on = experiment.build(_get("cifar10_ddpmpp_vp", "sampler=ddim")).sampler()
+  assert isinstance(on, sdes.VPSDE)
 
 
 def _stated(layer):

@@ -316,7 +316,7 @@ def test_x_init_shape_and_names_are_validated():
        r"'ancestral' is defined for VPSDE and VESDE only"),
       (lambda: samplers.probability_flow(score_fn, sde, KEY, (2, 1), method="rk4"), r"unknown method 'rk4'.*'euler', 'heun', 'rk45'"),
       (lambda: samplers.euler_maruyama(score_fn, sde, KEY, (2, 1), eps=0.0), r"eps \(the final time\) must lie in \(0, 1\)"),
-      (lambda: samplers.get("dpm_solver"), r"unknown sampler 'dpm_solver'.*'ddim', 'ddpm'"),
+      (lambda: samplers.get("unipc"), r"unknown sampler 'unipc'.*'ddim', 'ddpm'"),
   ]
   for fn, msg in cases:
     with pytest.raises(ValueError, match=msg):

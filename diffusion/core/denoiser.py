@@ -16,6 +16,16 @@ NCSN++'s Fourier features). ``cond`` is a pytree handed to the network
 unchanged (class labels now, text embeddings later) or None; guidance is a
 denoiser that wraps a denoiser.
 
+Prediction "F" is EDM's preconditioned network (Karras et al. 2022, Table 1):
+on ``x~ = x / alpha`` at noise level ``sigma~ = sigma / alpha``,
+``D = c_skip x~ + c_out F(c_in x~, c_noise)`` with ``c_skip = sd^2 / (sigma~^2 +
+sd^2)``, ``c_out = sigma~ sd / sqrt(sigma~^2 + sd^2)``, ``c_in = 1 / sqrt(sigma~^2 +
+sd^2)`` (``sd = sigma_data``); `edm.preconditioning`. Its noise input
+``"edm"`` is ``c_noise = log(sigma~) / 4``.
+
+`sigma_fn` is the sigma-space view ``D(x~, sigma~ [B]) -> x0`` that the samplers
+of `samplers.sigma` take, for a model of any process (`processes.time_at_sigma`).
+
 Nothing here imports Flax.
 """
 from __future__ import annotations
@@ -25,9 +35,12 @@ from typing import Any, Callable
 
 import jax
 
-from diffusion.core import parameterization, processes, schedules
+import jax.numpy as jnp
 
-NOISE_INPUTS = ("time", "sigma")
+from diffusion.core import edm, parameterization, processes, schedules
+
+NOISE_INPUTS = ("time", "sigma", "edm")
+PREDICTIONS = parameterization.KINDS + ("F",)
 Net = Callable[[jax.Array, jax.Array, Any], jax.Array]
 
 _b = schedules.broadcast_to
@@ -39,11 +52,13 @@ class Denoiser:
 
   Attributes:
     net: ``net(x, c_noise, cond) -> out``.
-    prediction: what ``out`` is: one of `parameterization.KINDS`.
+    prediction: what ``out`` is: one of `parameterization.KINDS`, or "F" (EDM's
+      preconditioned network; module docstring).
     process: the process the network was trained on (a `DiscreteSchedule` or
       an SDE); ``t`` below is on its time axis.
-    noise_input: "time" or "sigma" (module docstring).
+    noise_input: "time", "sigma" or "edm" (module docstring).
     cond: the conditioning pytree given to every call, or None (`bind`).
+    sigma_data: EDM's data standard deviation (prediction "F" only).
   """
 
   net: Net
@@ -51,9 +66,11 @@ class Denoiser:
   process: Any
   noise_input: str = "time"
   cond: Any = None
+  sigma_data: float = 0.5
 
   def __post_init__(self):
-    parameterization._check_kind(self.prediction)  # pylint: disable=protected-access
+    if self.prediction != "F":
+      parameterization._check_kind(self.prediction)  # pylint: disable=protected-access
     if self.noise_input not in NOISE_INPUTS:
       raise ValueError(f"unknown noise_input {self.noise_input!r}; valid: {list(NOISE_INPUTS)}")
 
@@ -66,19 +83,32 @@ class Denoiser:
     return self.process.alpha(t), self.process.sigma(t)
 
   def c_noise(self, t: jax.Array) -> jax.Array:
-    """What the network is given for ``t``: ``t`` itself or ``sigma(t)``."""
-    return t if self.noise_input == "time" else self.process.sigma(t)
+    """What the network is given for ``t``: ``t`` itself, ``sigma(t)``, or ``log(sigma~) / 4``."""
+    if self.noise_input == "time":
+      return t
+    if self.noise_input == "sigma":
+      return self.process.sigma(t)
+    return 0.25 * jnp.log(processes.sigma_tilde(self.process, t))
 
   def output(self, x: jax.Array, t: jax.Array) -> jax.Array:
-    """The raw network output at ``(x, t)``."""
+    """The raw network output at ``(x, t)`` (for "F": of the scaled input ``c_in x~``)."""
+    if self.prediction == "F":
+      alpha, sigma = self.coeffs(t)
+      _, _, c_in = edm.preconditioning(sigma / alpha, self.sigma_data)
+      x = _b(c_in / alpha, x) * x
     return self.net(x, self.c_noise(t), self.cond)
 
   def eps(self, x: jax.Array, t: jax.Array) -> jax.Array:
     alpha, sigma = self.coeffs(t)
+    if self.prediction == "F":
+      return parameterization.to_eps("x0", self.x0(x, t), x, alpha, sigma)
     return parameterization.to_eps(self.prediction, self.output(x, t), x, alpha, sigma)
 
   def x0(self, x: jax.Array, t: jax.Array) -> jax.Array:
     alpha, sigma = self.coeffs(t)
+    if self.prediction == "F":
+      c_skip, c_out, _ = edm.preconditioning(sigma / alpha, self.sigma_data)
+      return _b(c_skip / alpha, x) * x + _b(c_out, x) * self.output(x, t)
     return parameterization.from_eps("x0", self.eps(x, t), x, alpha, sigma)
 
   def score(self, x: jax.Array, t: jax.Array) -> jax.Array:
@@ -108,3 +138,25 @@ class Denoiser:
       return -self.eps(x, t_int) / _b(sched.sigma(t_int), x)
 
     return score_fn
+
+  def sigma_fn(self) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """``D(x~, sigma~ float32 [B]) -> x0`` for the samplers of `samplers.sigma`.
+
+    The network is asked at ``t = processes.time_at_sigma(process, sigma~)`` on
+    ``x = alpha(t) x~``. A continuous process inverts exactly, so this is
+    `x0`. A discrete schedule is asked at its nearest step, with ``alpha = 1 /
+    sqrt(1 + sigma~^2)`` (exact for VP) and ``x0 = x~ - sigma~ eps``
+    (k-diffusion's discrete-model wrapper): on the model's own noise levels (the
+    "time" grid) this is exact too.
+    """
+    proc = self.process
+    discrete = processes.is_discrete(proc)
+
+    def denoise(x, s):
+      t = processes.time_at_sigma(proc, s)
+      if discrete:
+        return x - _b(s, x) * self.eps(_b(jax.lax.rsqrt(1.0 + s**2), x) * x, t)
+      return self.x0(_b(proc.alpha(t), x) * x, t)
+
+    return denoise
+

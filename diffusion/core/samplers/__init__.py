@@ -16,7 +16,10 @@ continuous ones; any callable works (tests pass closed-form scores;
   ``"x0"`` ``[S, ...]`` (the denoised estimate at each step).
 
 Families: `discrete` (ddpm, ddim, ddim_invert), `sde` (euler_maruyama,
-predictor_corrector with the rules of `pc_rules`), `flow` (probability_flow).
+predictor_corrector with the rules of `pc_rules`), `flow` (probability_flow),
+`sigma` (sigma space, ``denoise(x, sigma [B]) -> x0`` and a descending sigma grid
+ending at 0, the EDM / k-diffusion convention: sigma_euler = DDIM, edm_heun,
+edm_stochastic, dpm_solver, dpmpp_2m, dpmpp_singlestep).
 Time grids live in `diffusion.core.grids`. The sampler records (options,
 domain, NFE, run) that config checks, eval specs and the sample function read
 are in `registry`: `SAMPLERS`, `get`, `register`.
@@ -27,7 +30,12 @@ from diffusion.core.samplers.flow import probability_flow, probability_flow_adap
 from diffusion.core.samplers.pc_rules import CORRECTORS, PREDICTORS
 from diffusion.core.samplers.registry import SAMPLERS, Sampler, get, register
 from diffusion.core.samplers.sde import euler_maruyama, predictor_corrector
+from diffusion.core.samplers.sigma import (dpm_solver, dpmpp_2m, dpmpp_singlestep,
+                                           edm_stochastic)
+from diffusion.core.samplers.sigma import euler as sigma_euler
+from diffusion.core.samplers.sigma import heun as edm_heun
 
 __all__ = ["ddpm", "ddim", "ddim_invert", "ddim_timesteps", "euler_maruyama",
            "predictor_corrector", "probability_flow", "probability_flow_adaptive", "PREDICTORS",
-           "CORRECTORS", "SAMPLERS", "Sampler", "get", "register"]
+           "CORRECTORS", "SAMPLERS", "Sampler", "get", "register", "sigma_euler", "edm_heun",
+           "edm_stochastic", "dpm_solver", "dpmpp_2m", "dpmpp_singlestep"]
