@@ -6,6 +6,8 @@
   level, with fixed (non-trainable, parameter-free) frequencies.
 * `ClassEmbedding`: a learned label table with one extra "null" row for
   classifier-free guidance.
+* `input_fourier_features`: VDM's sine / cosine features of the input pixels at
+  frequencies ``2^n pi`` (the UNet's `input_fourier`).
 """
 import math
 
@@ -96,6 +98,45 @@ def gaussian_fourier_embedding(x: Array, dim: int, *, scale: float = 16.0,
   w = fourier_frequencies(dim, scale=scale, seed=seed)
   args = 2.0 * jnp.pi * x[:, None] * w[None, :]
   return jnp.concatenate([jnp.sin(args), jnp.cos(args)], axis=-1)
+
+
+MAX_FOURIER_EXPONENT = 16
+
+
+def check_fourier_exponents(exponents) -> tuple[int, ...]:
+  """Validates the exponents ``n`` of `input_fourier_features`; returns them as a tuple.
+
+  Distinct ints in ``[0, MAX_FOURIER_EXPONENT]``: beyond ``2^16 pi`` the float32
+  rounding of a pixel value in [-1, 1] (~6e-8) moves the phase by over 0.01 rad.
+  """
+  exponents = tuple(exponents)
+  bad = [n for n in exponents if isinstance(n, bool) or not isinstance(n, (int, np.integer))
+         or not 0 <= n <= MAX_FOURIER_EXPONENT]
+  if bad:
+    raise ValueError(f"input_fourier exponents must be ints in [0, {MAX_FOURIER_EXPONENT}] "
+                     f"(features sin / cos of 2^n pi x), got {exponents}")
+  if len(set(exponents)) != len(exponents):
+    raise ValueError(f"input_fourier exponents must be distinct, got {exponents}")
+  return tuple(int(n) for n in exponents)
+
+
+def input_fourier_features(x: Array, exponents) -> Array:
+  """Fourier features of the input values (Kingma et al. 2021, App. B), float32.
+
+  For ``x`` ``[..., C]`` and exponents ``(n_1, .., n_K)``:
+
+      concat([sin(2^n_1 pi x), .., sin(2^n_K pi x), cos(2^n_1 pi x), .., cos(2^n_K pi x)], -1)
+
+  each block ``C`` channels in the order of ``x``'s, so ``[..., 2 K C]``. They
+  let the network see the fine detail of ``z_t`` that the likelihood depends on
+  (e.g. n = 7, 8: periods 2^-6 and 2^-7, two bins and one bin of 8-bit data
+  in [-1, 1], whose bins are 2/256 = 2^-7 wide). The paper's code writes the frequency as ``2^n 2 pi``, i.e.
+  its n is one less than here. Computed in float32 whatever the model dtype.
+  """
+  exponents = check_fourier_exponents(exponents)
+  x = jnp.asarray(x, jnp.float32)
+  args = [(2.0**n * np.pi) * x for n in exponents]
+  return jnp.concatenate([jnp.sin(a) for a in args] + [jnp.cos(a) for a in args], axis=-1)
 
 
 def check_labels(y: Array, num_classes: int) -> Array:

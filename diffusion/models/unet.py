@@ -9,7 +9,7 @@ and NCSN++-style noise conditioning (`embedding="fourier"`).
 
 Layout (L = len(channel_mult)):
   t -> embedding(ch) -> Dense(4ch) -> SiLU -> Dense(4ch)  (+ class embedding)
-  x -> [pad] -> conv_in(ch)
+  x -> [concat Fourier features of x] -> [pad] -> conv_in(ch)
   down: per level, num_res_blocks ResBlocks (+ attention at the listed
         resolutions), then a downsample (except the last level); every output
         is pushed on a skip stack
@@ -78,6 +78,12 @@ class UNet(nn.Module):
     image_size: optional expected H = W; enables checking
       `attention_resolutions` at construction and the input size at call.
     in_channels: optional expected input channel count (checked at call).
+    input_fourier: exponents n of VDM's input Fourier features (Kingma et al.
+      2021, App. B): `sin` / `cos` of `2^n pi x` for each input channel are
+      concatenated to the C input channels before `conv_in`
+      (`embeddings.input_fourier_features`; `C (1 + 2 len(input_fourier))`
+      channels in), e.g. (7, 8). Empty (the default): off, and the network and
+      its parameters are as without the field.
     dtype: computation dtype (float32, bfloat16 or float16); parameters are
       always float32 and the output is float32.
   """
@@ -99,12 +105,14 @@ class UNet(nn.Module):
   out_channels: Optional[int] = None
   image_size: Optional[int] = None
   in_channels: Optional[int] = None
+  input_fourier: Sequence[int] = ()
   dtype: Any = jnp.float32
 
   def __post_init__(self):
     # Config files may give lists; keep the module hashable.
     object.__setattr__(self, "channel_mult", tuple(self.channel_mult))
     object.__setattr__(self, "attention_resolutions", tuple(self.attention_resolutions))
+    object.__setattr__(self, "input_fourier", tuple(self.input_fourier))
     self.validate()
     super().__post_init__()
 
@@ -164,6 +172,10 @@ class UNet(nn.Module):
       fail(f"in_channels must be None or an int >= 1, got {self.in_channels!r}")
     if self.image_size is not None and (not is_int(self.image_size) or self.image_size < 1):
       fail(f"image_size must be None or an int >= 1, got {self.image_size!r}")
+    try:
+      embeddings.check_fourier_exponents(self.input_fourier)
+    except ValueError as e:
+      fail(str(e))
     try:
       dtype_name = jnp.dtype(self.dtype).name
     except TypeError:
@@ -285,6 +297,9 @@ class UNet(nn.Module):
     if self.num_classes is not None:
       emb = emb + embeddings.ClassEmbedding(self.num_classes, emb_dim, name="class_emb")(y)
 
+    if self.input_fourier:  # Before padding: the padded border stays zero in every channel.
+      x = jnp.concatenate(
+          [x.astype(jnp.float32), embeddings.input_fourier_features(x, self.input_fourier)], -1)
     pad_h, pad_w = self.padded_size(height) - height, self.padded_size(width) - width
     if pad_h or pad_w:
       x = jnp.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2),
