@@ -17,6 +17,8 @@ The families and where their numbers come from:
 - `ddpm_28x28`: the DDPM tutorials' 28x28x1 setting (MNIST, Fashion-MNIST).
 - `digits_8x8`: scikit-learn's 8x8 digits and a small UNet, chosen here.
 - `short_cpu_run`: the optimiser, EMA, cadence and sampler of a short CPU run, tuned here.
+- `edm_process`: Karras et al. 2022's process, preconditioning, loss and Heun sampler.
+- `nfe_comparison_eval`: the README's formulation x sampler x NFE table (issue 13).
 """
 from __future__ import annotations
 
@@ -195,3 +197,32 @@ def short_cpu_run() -> Family:
                ema=dict(decay=0.999, warmup=True, power=0.75),
                train=dict(log_every=50, ckpt_every=500, keep_checkpoints=2),
                sample=dict(method="ddim", num_steps=100, eta=0.0)),)
+
+
+def edm_process() -> Family:
+  """EDM's noise process, loss and deterministic sampler (Karras et al. 2022, Table 1 and
+  Sec. 3/5): x = x0 + sigma z with sigma from 0.002 to 80, sigma_data 0.5, the
+  preconditioned "F" network with c_noise = log(sigma) / 4, ln sigma ~ N(-1.2, 1.2^2)
+  in training with the weight lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2; Heun's
+  2nd-order sampler on the rho = 7 Karras grid, 18 steps (35 network evaluations).
+  """
+  return (dict(diffusion=dict(type="edm", prediction="F", weighting="edm", sigma_min=0.002,
+                              sigma_max=80.0, sigma_data=0.5, p_mean=-1.2, p_std=1.2),
+               sample=dict(method="edm_heun", num_steps=18, grid="karras", rho=7.0)),)
+
+
+# DDIM, EDM-Heun and DPM-Solver++(2M) at about 10, 20 and 50 network evaluations
+# (Heun's N steps cost 2N - 1: 9, 19, 49), on the Karras grid in sigma space (DDIM on
+# a discrete model walks its integer steps instead), and the probability-flow ODE.
+NFE_SPECS = ("ddim:steps=10,eta=0", "ddim:steps=20,eta=0", "ddim:steps=50,eta=0",
+             "edm_heun:steps=5", "edm_heun:steps=10", "edm_heun:steps=25",
+             "dpmpp_2m:steps=10", "dpmpp_2m:steps=20", "dpmpp_2m:steps=50",
+             "probability_flow:steps=50,ode_method=heun")
+
+
+def nfe_comparison_eval() -> Family:
+  """The README's comparison of formulations (`mnist_*_cpu.py`, on top of
+  `mnist_ddpm_cpu.py`'s eval settings: 256 samples per row, the data row, bits/dim
+  on 64 test images): the rows `NFE_SPECS`. Chosen here."""
+  return (dict(eval=dict(specs=NFE_SPECS)),)
+
