@@ -40,8 +40,8 @@ def config(num_steps: int = NUM_STEPS):
   return c
 
 
-def _log_to(workdir: str) -> None:
-  log = open(workdir + ".log", "a")  # pylint: disable=consider-using-with  (the child's life)
+def _log_to(workdir: str, path: str | None = None) -> None:
+  log = open(path or workdir + ".log", "a")  # pylint: disable=consider-using-with  (the child's life)
   os.dup2(log.fileno(), 1)
   os.dup2(log.fileno(), 2)
   sys.stdout = os.fdopen(1, "w", buffering=1)
@@ -66,6 +66,25 @@ def cli(workdir: str, num_steps: int = NUM_STEPS, file_size_limit: int | None = 
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # A failed write, not a killed process.
     resource.setrlimit(resource.RLIMIT_FSIZE, (file_size_limit, file_size_limit))
   sys.exit(main.execute(config(num_steps), workdir, "train"))
+
+
+def command_line(argv: list[str], environ: dict[str, str], cwd: str, log_path: str) -> None:
+  """Exits as ``python -m diffusion.main *argv`` would in `cwd` with `environ`, its
+  output to `log_path`.
+
+  The server imported JAX but started no backend, so XLA_FLAGS (fake device
+  count, optimisation level) set here still apply. JAX reads its own JAX_*
+  variables at import: the callers pass the server's values (the session's
+  compilation cache)."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  jax_vars = lambda env: {k: v for k, v in env.items() if k.startswith("JAX_")}
+  assert jax_vars(environ) == jax_vars(os.environ), (jax_vars(environ), jax_vars(os.environ))
+  os.environ.clear()
+  os.environ.update(environ)
+  os.chdir(cwd)
+  _log_to("", log_path)
+  sys.argv = [main.__file__, *argv]
+  app.run(main.main, flags_parser=main.parse_flags)
 
 
 _CONTEXT = None

@@ -3,7 +3,13 @@
 Runs of `python -m diffusion.main` on configs/smoke.py (batch 16, ckpt every 2)
 at XLA -O0, sharing an XLA compile cache (JAX writes it from process 0 only,
 and the other processes' cache keys differ, so process 1 compiles in every
-2-process run):
+2-process run). The 2-process runs are fresh interpreters (`launch.sh` or
+started directly); the 1-process runs (sp, mp->sp, the 1-device eval) are the
+same command line run by a forkserver child that imported the package once
+(`_kill_worker.command_line`). Runs that do not need each other's output
+overlap: sp (and the tiny classifier of the evals, trained in this process)
+beside mp; mp->sp and the 1-device eval beside sp->mp, resume and rerun, which
+leave a core idle while process 0 waits for process 1's compile:
 
   mp:      `launch.sh multiprocess 2` (2 processes x 2 devices), 4 steps,
            samples at 4                                         -> "mp"
@@ -33,6 +39,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import jax
@@ -44,6 +51,7 @@ from diffusion.run import checkpoint
 from diffusion.dist import cluster
 from diffusion.dist import placement
 from diffusion.run import sinks
+import _kill_worker
 import tiny_classifier
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -71,21 +79,40 @@ def _main_cmd(workdir, *flags):
           "--workdir", str(workdir), *flags]
 
 
+class _Single:
+  """One process with `devices` fake devices, started: the command line in a
+  forkserver child (module doc); `join` returns its output (stdout and stderr)."""
+
+  def __init__(self, workdir, *flags, cache_dir, devices=4):
+    self.log = pathlib.Path(str(workdir) + ".log")
+    argv = _main_cmd(workdir, *flags)[3:]  # After `python -m diffusion.main`.
+    self.proc = _kill_worker.forkserver().Process(
+        target=_kill_worker.command_line,
+        args=(argv, _env(cache_dir, devices), str(ROOT), str(self.log)))
+    self.proc.start()
+
+  def join(self):
+    self.proc.join(600)
+    output = self.log.read_text() if self.log.exists() else ""
+    assert self.proc.exitcode == 0, (self.proc.exitcode, output[-4000:])
+    return output
+
+
 def _single(workdir, *flags, cache_dir, devices=4):
-  """One process with `devices` fake devices."""
-  proc = subprocess.run(_main_cmd(workdir, *flags), cwd=ROOT, env=_env(cache_dir, devices),
-                        capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  return proc
+  return _Single(workdir, *flags, cache_dir=cache_dir, devices=devices).join()
+
+
+def _launch_cmd(n, workdir, *flags, cache_dir):
+  """`launch.sh multiprocess n` (2 devices per process): (argv, env)."""
+  env = _env(cache_dir)
+  env["PYTHON"] = sys.executable
+  return ["bash", str(ROOT / "launch.sh"), "multiprocess", str(n), "configs/smoke.py",
+          str(workdir), *flags], env
 
 
 def _launch(n, workdir, *flags, cache_dir, check=True):
-  """`launch.sh multiprocess n` (2 devices per process)."""
-  env = _env(cache_dir)
-  env["PYTHON"] = sys.executable
-  proc = subprocess.run(["bash", str(ROOT / "launch.sh"), "multiprocess", str(n),
-                         "configs/smoke.py", str(workdir), *flags],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  cmd, env = _launch_cmd(n, workdir, *flags, cache_dir=cache_dir)
+  proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   if check:
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
   return proc
@@ -161,23 +188,59 @@ def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("multihost")
   cache = pathlib.Path(os.environ["JAX_COMPILATION_CACHE_DIR"])  # conftest: one per run
   out = {"root": root, "cache": cache}
-  out["mp_proc"] = _launch(2, root / "mp", "--config.train.num_steps=4",
-                           "--config.train.sample_every=4", cache_dir=cache)
-  out["sp_proc"] = _single(root / "sp", "--config.train.sample_every=0", cache_dir=cache)
+  # mp and sp (independent) together, and the classifier for the evals
+  # meanwhile (a tiny one gives the features).
+  cmd, env = _launch_cmd(2, root / "mp", "--config.train.num_steps=4",
+                         "--config.train.sample_every=4", cache_dir=cache)
+  with open(root / "mp.stdout", "w") as stdout, open(root / "mp.stderr", "w") as stderr:
+    mp = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=stdout, stderr=stderr)
+  try:
+    sp = _Single(root / "sp", "--config.train.sample_every=0", cache_dir=cache)
+    clf = root / "classifier"
+    tiny_classifier.train_and_save(clf, "test_multihost")
+    out["sp_output"] = sp.join()
+    mp.wait(timeout=600)
+  finally:
+    if mp.poll() is None:
+      mp.kill()
+  out["mp_stdout"] = (root / "mp.stdout").read_text()
+  assert mp.returncode == 0, out["mp_stdout"][-4000:] + (root / "mp.stderr").read_text()[-4000:]
 
+  # Beside the 2-process runs below: mp -> sp, and the eval of "mp"'s
+  # checkpoint 4 by 1 process with 1 device on a copy.
   _copy_checkpoints(root / "mp", root / "mp_sp", [2, 4])
-  out["mp_sp_proc"] = _single(root / "mp_sp", "--config.train.sample_every=0", cache_dir=cache)
-
-  # Eval of "mp"'s checkpoint 4 by 2 processes x 2 devices, and by 1 process
-  # with 1 device on a copy; a tiny classifier gives the features.
-  clf = root / "classifier"
-  tiny_classifier.train_and_save(clf, "test_multihost")
   _copy_checkpoints(root / "mp", root / "mp_eval1", [4])
   eval_flags = ["--mode=eval", "--config.train.num_steps=4", "--config.train.sample_every=4",
                 f"--config.eval.classifier_path={clf}", f"--config.eval.batch_size={EVAL_BATCH}"]
-  out["mp_eval_proc"] = _launch(2, root / "mp", *eval_flags, cache_dir=cache)
-  out["sp_eval_proc"] = _single(root / "mp_eval1", *eval_flags, cache_dir=cache, devices=1)
 
+  def one_process_runs():
+    out["mp_sp_output"] = _single(root / "mp_sp", "--config.train.sample_every=0",
+                                  cache_dir=cache)
+    out["sp_eval_output"] = _single(root / "mp_eval1", *eval_flags, cache_dir=cache, devices=1)
+
+  errors = []
+  beside = threading.Thread(target=lambda: _record_error(one_process_runs, errors))
+  beside.start()
+  try:
+    _two_process_runs(root, cache, out)
+  finally:
+    beside.join()
+  if errors:
+    raise errors[0]
+  # The eval of "mp"'s checkpoint 4 by 2 processes x 2 devices.
+  out["mp_eval_proc"] = _launch(2, root / "mp", *eval_flags, cache_dir=cache)
+  return out
+
+
+def _record_error(fn, errors):
+  try:
+    fn()
+  except BaseException as e:  # pylint: disable=broad-except  (re-raised by the fixture)
+    errors.append(e)
+
+
+def _two_process_runs(root, cache, out):
+  """sp -> mp and SIGTERM, the resume and SIGKILL, the rerun (module doc)."""
   # sp -> mp; process 1 gets SIGTERM (a preemption notice): both stop at the
   # same step, save it and exit 0.
   killed = root / "killed"
@@ -215,7 +278,6 @@ def runs(tmp_path_factory):
   out["killed_last"] = _steps(killed)[-1]
   out["rerun_proc"] = _launch(2, killed, f"--config.train.num_steps={out['killed_last'] + 2}",
                               "--config.train.sample_every=0", cache_dir=cache)
-  return out
 
 
 def test_two_processes_train_as_one_process_with_four_devices(runs):
@@ -229,7 +291,7 @@ def test_two_processes_train_as_one_process_with_four_devices(runs):
   np.testing.assert_allclose([r["loss"] for r in mp_rows],
                              [r["loss"] for r in sp_rows[:2]], rtol=1e-5)
   assert os.listdir(root / "mp" / "samples") == ["step_000004.png"]
-  stdout = runs["mp_proc"].stdout
+  stdout = runs["mp_stdout"]
   assert "training from step 0 to 4" in stdout and stdout.count("training from step") == 1
   assert "[0] model unet" in stdout and "[1] " in stdout  # Process 1 echoes nothing itself.
 
@@ -237,7 +299,7 @@ def test_two_processes_train_as_one_process_with_four_devices(runs):
 def test_checkpoints_move_between_process_counts(runs):
   root = runs["root"]
   # 2 processes -> 1: resumes at 4 and ends where the 1-process run did.
-  assert "training from step 4 to 6" in runs["mp_sp_proc"].stderr
+  assert "training from step 4 to 6" in runs["mp_sp_output"]
   assert _max_diff(root / "mp_sp", root / "sp", 6) < TOL
   # 1 process -> 2: resumed at 2, its checkpoint 4 is the 1-process one.
   assert "training from step 2 to 100000" in runs["term_outputs"][0]
