@@ -1,19 +1,24 @@
 """End to end: `python -m diffusion.main` on configs/smoke.py, plus its pieces.
 
-The CLI runs in subprocesses that share a persistent XLA compilation cache,
-so only the first run compiles. Runs (smoke: 6 steps, log/ckpt every 2,
-sample at 6, batch 16 of the 1,797 digits):
+The CLI runs share a persistent XLA compilation cache, so only the first run
+compiles. Those marked * are fresh `python -m diffusion.main` processes; the
+others are the same command line in a forkserver child that imported the
+package once (`_kill_worker.command_line`: flags parsed by absl, `main.main`,
+its exit code), which saves each a fresh interpreter's start-up. Runs (smoke:
+6 steps, log/ckpt every 2, sample at 6, batch 16 of the 1,797 digits):
 
-  full:    6 steps in one go                                    -> workdir "full"
-  part:    --config.train.num_steps=4, then the plain config
-           (resumes at 4, runs to 6)                            -> workdir "part"
-  sample:  --mode=sample in "full" (6 samples in calls of 4; DDIM with 10
-           steps; a GIF of 3 frames)
-  changed: the plain config with diffusion.num_steps=50 in "full" -> refused
-  sigterm: 100k steps, SIGTERM after a few (stops at S); resumed to 6 and
-           compared with "full" (or, if S > 4, resumed to S + 2 and compared
-           with an uninterrupted run of S + 2 steps)
+  full*:    6 steps in one go                                   -> workdir "full"
+  part:     --config.train.num_steps=4, then the plain config
+            (resumes at 4, runs to 6)                           -> workdir "part"
+  sample:   --mode=sample in "full" (6 samples in calls of 4; DDIM with 10
+            steps; a GIF of 3 frames)
+  changed*: the plain config with diffusion.num_steps=50 in "full" -> refused
+            (beside part's first run)
+  sigterm*: 100k steps, SIGTERM after a few (stops at S); resumed to 6 and
+            compared with "full" (or, if S > 4, resumed to S + 2 and compared
+            with an uninterrupted run of S + 2 steps)
 """
+import itertools
 import json
 import os
 import pathlib
@@ -35,6 +40,7 @@ from diffusion.modes import sample as sample_mode
 from diffusion.modes import train
 from diffusion.viz import images as visualize
 from diffusion.run import sinks
+import _kill_worker
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # --mode sample's files: the step, then the sampler settings that differ from the
@@ -59,6 +65,23 @@ def _main(workdir, *flags, cache_dir, check=True):
   return proc
 
 
+_RUN_NUMBERS = itertools.count()
+
+
+def _forked_main(workdir, *flags, cache_dir):
+  """The command line of `_main` in a forkserver child; returns its output (stdout
+  and stderr), after checking it exited 0."""
+  cmd, env = _command(workdir, flags, cache_dir)
+  log = pathlib.Path(f"{workdir}.{next(_RUN_NUMBERS)}.log")
+  proc = _kill_worker.forkserver().Process(target=_kill_worker.command_line,
+                                           args=(cmd[3:], env, str(ROOT), str(log)))
+  proc.start()
+  proc.join(600)
+  output = log.read_text() if log.exists() else ""
+  assert proc.exitcode == 0, (proc.exitcode, output[-4000:])
+  return output
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
   root = tmp_path_factory.mktemp("smoke")
@@ -66,18 +89,25 @@ def runs(tmp_path_factory):
   full, part = root / "full", root / "part"
   out = {"full": full, "part": part, "root": root, "cache": cache}
   out["full_proc"] = _main(full, cache_dir=cache)
-  out["part_proc"] = _main(part, "--config.train.num_steps=4", cache_dir=cache)
+  cmd, env = _command(full, ["--config.diffusion.num_steps=50"], cache)
+  changed = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)  # Refused before any compile.
+  try:
+    out["part_output"] = _forked_main(part, "--config.train.num_steps=4", cache_dir=cache)
+    stdout, stderr = changed.communicate(timeout=600)
+  finally:
+    if changed.poll() is None:
+      changed.kill()
+  out["changed_proc"] = subprocess.CompletedProcess(cmd, changed.returncode, stdout, stderr)
   out["part_ckpts_before_resume"] = _steps(part)
   # As if the run had logged step 5 and died before its next checkpoint.
   with open(part / "metrics.jsonl", "a") as f:
     f.write(json.dumps({"step": 5, "loss": 123.0}) + "\n")
-  out["resume_proc"] = _main(part, cache_dir=cache)
-  out["changed_proc"] = _main(full, "--config.diffusion.num_steps=50", cache_dir=cache,
-                              check=False)
-  out["sample_proc"] = _main(full, "--mode=sample", "--config.sample.num_samples=6",
-                             "--config.sample.batch_size=4", "--config.sample.gif_frames=3",
-                             "--config.sample.num_steps=10",
-                             cache_dir=cache)
+  out["resume_output"] = _forked_main(part, cache_dir=cache)
+  out["sample_output"] = _forked_main(full, "--mode=sample", "--config.sample.num_samples=6",
+                                      "--config.sample.batch_size=4",
+                                      "--config.sample.gif_frames=3",
+                                      "--config.sample.num_steps=10", cache_dir=cache)
   return out
 
 
@@ -130,7 +160,7 @@ def _assert_same_checkpoint(workdir_a, workdir_b, step):
 
 
 def test_resume_continues_and_is_bit_identical(runs):
-  assert "training from step 4 to 6" in runs["resume_proc"].stderr
+  assert "training from step 4 to 6" in runs["resume_output"]
   full_state, full_data = _assert_same_checkpoint(runs["full"], runs["part"], 6)
   assert full_data == {"epoch": 0, "position": 6}
   # The resumed run saw the same batches: every logged loss is identical (and
@@ -238,9 +268,9 @@ def test_sigterm_saves_exits_cleanly_and_resumes_bit_identical(runs):
   final, reference = 6, runs["full"]
   if last > 4:  # A fast machine ran past "full": train a reference as long.
     final, reference = last + 2, root / "uninterrupted"
-    _main(reference, f"--config.train.num_steps={final}", *long, cache_dir=cache)
-  resumed = _main(stopped, f"--config.train.num_steps={final}", *long, cache_dir=cache)
-  assert f"training from step {last} to {final}" in resumed.stderr
+    _forked_main(reference, f"--config.train.num_steps={final}", *long, cache_dir=cache)
+  resumed = _forked_main(stopped, f"--config.train.num_steps={final}", *long, cache_dir=cache)
+  assert f"training from step {last} to {final}" in resumed
   _assert_same_checkpoint(stopped, reference, final)
 
 
