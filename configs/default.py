@@ -164,18 +164,23 @@ def get_config(arg=None):
   # 0..T-1, ~1000 for continuous t in [0, 1].
   model.time_scale = 1.0
   model.fourier_scale = 16.0  # Std of the fixed Fourier frequencies ("fourier" only).
+  # Fourier features of the input (VDM): sin / cos(2^n pi x) for each n, as extra
+  # input channels; () = off. VDM's CIFAR-10 uses (7, 8).
+  model.input_fourier = ()
   model.num_classes = config_dict.placeholder(int)  # None: unconditional; else labels 0..n-1.
 
   # ------------------------------------------------------------- diffusion
   config.diffusion = diff = ml_collections.ConfigDict()
   # "discrete" (DDPM, integer t) | "continuous" (score SDE, t in [0, 1]) | "edm"
-  # (Karras et al. 2022: sigma_min .. sigma_max below, preconditioned "F" network).
+  # (Karras et al. 2022: sigma_min .. sigma_max below, preconditioned "F" network) |
+  # "vdm" (Kingma et al. 2021: the ELBO, gamma schedule below, eps prediction).
   diff.type = "discrete"
   diff.schedule = "linear"  # Discrete betas: a key of schedules.SCHEDULES (linear, cosine, ...).
   diff.num_steps = 1000  # T, discrete only.
   # Network output: "eps" | "x0" | "v" (+ "score" if continuous); "F" for edm.
   diff.prediction = "eps"
-  # Discrete: "none" | "min_snr"; continuous: "sigma2" | "likelihood"; edm: "edm".
+  # Discrete: "none" | "min_snr"; continuous: "sigma2" | "likelihood"; edm: "edm";
+  # vdm: "elbo".
   diff.weighting = "none"
   diff.min_snr_gamma = 5.0  # gamma of the min-SNR weighting.
   diff.sde = "vp"  # Continuous only: "vp" | "subvp" | "ve".
@@ -186,6 +191,17 @@ def get_config(arg=None):
   diff.sigma_data = 0.5  # edm: the data std of the preconditioning.
   diff.p_mean = -1.2  # edm: ln sigma ~ N(p_mean, p_std^2) in training.
   diff.p_std = 1.2
+  # vdm: gamma(t) = -log SNR(t): "linear" | "cosine" (fixed, from gamma_min to
+  # gamma_max) | "learned" (the paper's monotone network; endpoints start there).
+  diff.gamma = "learned"
+  diff.gamma_min = -13.3
+  diff.gamma_max = 5.0
+  diff.gamma_width = 1024  # vdm learned: the monotone network's hidden units.
+  diff.elbo_steps = 0  # vdm: 0 = the continuous-time ELBO; T > 0 its T-step discrete-time form.
+  # vdm learned: the schedule's shape minimises the loss estimate's variance (the
+  # paper's gradient; its endpoints and the network follow the ELBO).
+  diff.variance_gradient = True
+  diff.num_bins = 256  # vdm: levels of the data (the discretised decoder's bins).
   diff.eps = 1e-5  # Continuous: smallest training time t (t ~ U[eps, 1]).
   diff.antithetic = False  # Continuous: low-discrepancy times over the batch.
 

@@ -18,6 +18,7 @@ The families and where their numbers come from:
 - `digits_8x8`: scikit-learn's 8x8 digits and a small UNet, chosen here.
 - `short_cpu_run`: the optimiser, EMA, cadence and sampler of a short CPU run, tuned here.
 - `edm_process`: Karras et al. 2022's process, preconditioning, loss and Heun sampler.
+- `vdm_process`, `vdm_sampler`: Kingma et al. 2021's learned schedule and ELBO; its sampler.
 - `nfe_comparison_eval`: the README's formulation x sampler x NFE table (issue 13).
 """
 from __future__ import annotations
@@ -209,6 +210,27 @@ def edm_process() -> Family:
   return (dict(diffusion=dict(type="edm", prediction="F", weighting="edm", sigma_min=0.002,
                               sigma_max=80.0, sigma_data=0.5, p_mean=-1.2, p_std=1.2),
                sample=dict(method="edm_heun", num_steps=18, grid="karras", rho=7.0)),)
+
+
+def vdm_process() -> Family:
+  """VDM's noise process and loss (Kingma et al. 2021, Sec. 3-5 and App. H): the learned
+  monotone gamma(t) = -log SNR(t) network with endpoints starting at -13.3 and 5
+  (learned by the ELBO, its shape by the variance-minimising gradient), the
+  continuous-time ELBO in bits/dim over 256 bins with low-discrepancy t, an eps
+  network (the default prediction) given gamma(t), its sinusoidal embedding scaled by
+  1000 / (5 + 13.3), as the paper's code embeds 1000 (gamma - gamma_min) / (gamma_max
+  - gamma_min). `vdm_sampler` is the paper's sampler.
+  """
+  return (dict(model=dict(time_scale=1000.0 / 18.3),
+               diffusion=dict(type="vdm", weighting="elbo", gamma="learned", gamma_min=-13.3,
+                              gamma_max=5.0, elbo_steps=0, antithetic=True,
+                              variance_gradient=True, num_bins=256)),)
+
+
+def vdm_sampler() -> Family:
+  """VDM's ancestral sampler: DDIM with eta = 1 on uniform times (the default 1000
+  steps are the paper's T = 1000)."""
+  return (dict(sample=dict(method="ddim", eta=1.0, grid="time")),)
 
 
 # DDIM, EDM-Heun and DPM-Solver++(2M) at about 10, 20 and 50 network evaluations

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P, SingleDeviceSharding
 
-from diffusion.core import checks, edm, grids, losses, processes, schedules, sdes
+from diffusion.core import checks, edm, grids, losses, processes, schedules, sdes, vdm
 from diffusion.core.denoiser import Denoiser
 from diffusion.core.samplers import registry
 from diffusion import models
@@ -33,12 +33,12 @@ from diffusion.dist import placement
 from diffusion.models import get_model, layers
 from diffusion.train import state as ts
 
-DIFFUSION_TYPES = ("discrete", "continuous", "edm")
+DIFFUSION_TYPES = ("discrete", "continuous", "edm", "vdm")
 # What each type trains: its network outputs and loss weightings.
 PREDICTIONS = {"discrete": losses.DISCRETE_PREDICTIONS,
-               "continuous": losses.CONTINUOUS_PREDICTIONS, "edm": ("F",)}
+               "continuous": losses.CONTINUOUS_PREDICTIONS, "edm": ("F",), "vdm": ("eps",)}
 WEIGHTINGS = {"discrete": losses.DISCRETE_WEIGHTINGS,
-              "continuous": losses.CONTINUOUS_WEIGHTINGS, "edm": ("edm",)}
+              "continuous": losses.CONTINUOUS_WEIGHTINGS, "edm": ("edm",), "vdm": ("elbo",)}
 
 
 # --------------------------------------------------------------------------
@@ -109,6 +109,9 @@ RANGES = {
     "diffusion.sigma_max": dict(lo=0.0, lo_open=True),
     "diffusion.eps": dict(lo=0.0, hi=1.0, lo_open=True, hi_open=True),
     "diffusion.sigma_data": dict(lo=0.0, lo_open=True),
+    "diffusion.elbo_steps": dict(_INT, lo=0),
+    "diffusion.gamma_width": dict(_INT, lo=1),
+    "diffusion.num_bins": dict(_INT, lo=2),
     "diffusion.p_std": dict(lo=0.0, lo_open=True),
     "optim.lr": dict(lo=0.0, lo_open=True),
     "optim.beta1": dict(lo=0.0, hi=1.0, hi_open=True),
@@ -147,6 +150,7 @@ CHOICES = {
     "data.split": sources.SPLITS,
     "data.crop": sources.CROPS,
     "model.downsample_padding": tuple(layers.DOWNSAMPLE_PADDINGS),
+    "diffusion.gamma": tuple(vdm.GAMMAS),
     "optim.optimizer": ts.OPTIMIZERS,
     "optim.schedule": ts.SCHEDULES,
     "eval.features": ("classifier", "inception"),
@@ -185,6 +189,12 @@ def check_ranges(config) -> None:
   if (d.type == "edm" or d.type == "continuous" and d.sde == "ve") and not d.sigma_min < d.sigma_max:
     raise checks.ConfigError(f"config.diffusion.sigma_min={d.sigma_min} must be < "
                              f"config.diffusion.sigma_max={d.sigma_max}")
+  if d.type == "vdm" and not d.gamma_min < d.gamma_max:
+    raise checks.ConfigError(f"config.diffusion.gamma_min={d.gamma_min} must be < "
+                             f"config.diffusion.gamma_max={d.gamma_max}")
+  if d.type == "vdm" and m.embedding != "sinusoidal":
+    raise checks.ConfigError(f"config.model.embedding={m.embedding!r}: a vdm model is given "
+                             "gamma(t) = -log SNR (any sign) and needs 'sinusoidal'")
   if d.type == "continuous" and d.sde != "ve" and not d.beta_min < d.beta_max:
     raise checks.ConfigError(f"config.diffusion.beta_min={d.beta_min} must be < "
                              f"config.diffusion.beta_max={d.beta_max}")
@@ -288,15 +298,38 @@ def noise_process(config):
     return schedules.get(d.schedule, num_steps=d.num_steps)
   if d.type == "edm":
     return edm.EDMProcess(sigma_min=d.sigma_min, sigma_max=d.sigma_max, sigma_data=d.sigma_data)
+  if d.type == "vdm":
+    return vdm.VDMProcess(gamma_schedule(config))
   if d.sde == "ve":
     return sdes.get("ve", sigma_min=d.sigma_min, sigma_max=d.sigma_max)
   return sdes.get(d.sde, beta_min=d.beta_min, beta_max=d.beta_max)
+
+
+def gamma_schedule(config, params=None):
+  """A vdm model's gamma schedule: fixed ("linear", "cosine": the config's endpoints) or
+  "learned" (its parameters ``params["gamma"]`` of a train state; without `params`, the
+  initial ones, a template of the right structure)."""
+  d = config.diffusion
+  if d.gamma != "learned":
+    return vdm.get(d.gamma, gamma_min=d.gamma_min, gamma_max=d.gamma_max)
+  if params is None:
+    params = {"gamma": vdm.init_learned_gamma(jax.random.PRNGKey(0), d.gamma_width,
+                                              d.gamma_min, d.gamma_max)}
+  return vdm.LearnedGamma(params["gamma"])
+
+
+def learned_schedule(config) -> bool:
+  """Whether the train state's params are ``{"net": ..., "gamma": ...}`` (a vdm model
+  with a learned schedule) rather than the network's alone."""
+  return config.diffusion.type == "vdm" and config.diffusion.gamma == "learned"
 
 
 def noise_input(config) -> str:
   """What the denoiser gives the network for t: a Fourier-embedding network embeds
   ``log(input)``, so it is given the noise level sigma(t); an EDM model with a
   sinusoidal embedding gets EDM's ``c_noise = log(sigma) / 4``; others the time itself."""
+  if config.diffusion.type == "vdm":
+    return "gamma"
   if config.model.embedding == "fourier":
     return "sigma"
   return "edm" if config.diffusion.type == "edm" else "time"
@@ -324,13 +357,25 @@ class Experiment:
     return self.model.apply({"params": params}, x, c_noise, cond, train=train,
                             rngs={"dropout": rng} if train else None)
 
+  def net_params(self, params):
+    """The network's part of a state's `params` (all of them unless the schedule is learned)."""
+    return params["net"] if learned_schedule(self.config) else params
+
+  def process_of(self, params):
+    """The noise process of a state's `params`: `process`, or for a learned schedule the
+    process of ``params["gamma"]``."""
+    if learned_schedule(self.config):
+      return vdm.VDMProcess(gamma_schedule(self.config, params))
+    return self.process
+
   def denoiser(self, params, cond=None, *, rng=None, shard: Callable | None = None) -> Denoiser:
     """The `Denoiser` of the network with `params` (`shard`: applied to every input x)."""
     shard = shard or (lambda x: x)
-    net = lambda x, c, y: self.apply(params, shard(x), c, y, rng)
+    net_params = self.net_params(params)
+    net = lambda x, c, y: self.apply(net_params, shard(x), c, y, rng)
     d = self.config.diffusion
-    return Denoiser(net, d.prediction, self.process, noise_input=noise_input(self.config),
-                    cond=cond, sigma_data=d.sigma_data)
+    return Denoiser(net, d.prediction, self.process_of(params),
+                    noise_input=noise_input(self.config), cond=cond, sigma_data=d.sigma_data)
 
   def cond(self, n: int):
     """The conditioning of `n` samples: labels ``0..num_classes-1`` cycled, or None."""
@@ -349,6 +394,13 @@ class Experiment:
     if d.type == "edm":
       return edm.edm_loss(params, batch, rng, model_fn=model_fn, process=self.process,
                           p_mean=d.p_mean, p_std=d.p_std)
+    if d.type == "vdm":
+      m_key, v_key = jax.random.split(rng)
+      net_params = self.net_params(params)
+      eps_fn = lambda z, g: self.apply(net_params, z, g, y, m_key)
+      return vdm.vdm_loss(batch["image"], eps_fn, self.process_of(params).gamma_schedule, v_key,
+                          num_steps=d.elbo_steps, num_bins=d.num_bins, antithetic=d.antithetic,
+                          variance_gradient=d.variance_gradient)
     return losses.continuous_loss(params, batch, rng, model_fn=model_fn, sde=self.process,
                                   prediction=d.prediction, weighting=d.weighting, eps=d.eps,
                                   antithetic=d.antithetic)
@@ -391,9 +443,11 @@ class Experiment:
     split = (lambda x: x) if sharding is None else (
         lambda x: jax.lax.with_sharding_constraint(x, sharding))
 
+    learned = learned_schedule(config)
+
     def sample_fn(params, rng):
-      out = record.run(self.denoiser(params, cond, shard=split), process, rng, shape, options,
-                       **traj)
+      den = self.denoiser(params, cond, shard=split)
+      out = record.run(den, den.process if learned else process, rng, shape, options, **traj)
       if sharding is None:
         return out
       return (split(out[0]), out[1]) if return_trajectory else split(out)
@@ -406,6 +460,13 @@ class Experiment:
     t = jnp.zeros((1,), processes.time_dtype(self.process))
     y = None if self.config.model.num_classes is None else jnp.zeros((1,), jnp.int32)
     init_fn = lambda r: self.model.init(r, x, t, y, train=False)["params"]
+    if learned_schedule(self.config):
+      d = self.config.diffusion
+      net_init = init_fn
+      init_fn = lambda r: {"net": net_init(jax.random.fold_in(r, 0)),
+                           "gamma": vdm.init_learned_gamma(jax.random.fold_in(r, 1),
+                                                           d.gamma_width, d.gamma_min,
+                                                           d.gamma_max)}
     return ts.create(rng, init_fn, self.tx)
 
   def abstract_state(self, sharding=None):

@@ -31,6 +31,7 @@ PARAMS = {
     "cifar10_ddpm": 35_746_307,
     "cifar10_ddpmpp_vp": 62_513_667,
     "cifar10_edm": 56_524_291,  # EDM's DDPM++ has 55.7M (FIR resampling etc. absent here).
+    "cifar10_vdm": 30_589_318,  # 30,586,243 in the UNet + 3,075 in the learned schedule.
     "cifar10_ncsnpp_ve": 62_513_667,
     "digits_ddpm": 651_041,
     "fashion_mnist_ddpm": 6_469_889,
@@ -39,6 +40,8 @@ PARAMS = {
     "mnist_ddpm_cpu": 1_112_801,  # The README result table's scaled-down run.
     "mnist_edm": 6_469_889,  # mnist_ddpm's network: EDM changes the process, not the UNet.
     "mnist_edm_cpu": 1_112_801,
+    "mnist_vdm": 6_472_964,  # mnist_ddpm's UNet + the 1024-unit schedule network (3,075).
+    "mnist_vdm_cpu": 1_115_876,
     "smoke": 10_593,
 }
 
@@ -48,6 +51,7 @@ TFDS = {
     "cifar10_ddpmpp_vp": ("cifar10", 32, 3),
     "cifar10_ncsnpp_ve": ("cifar10", 32, 3),
     "cifar10_edm": ("cifar10", 32, 3),
+    "cifar10_vdm": ("cifar10", 32, 3),
     "fashion_mnist_ddpm": ("fashion_mnist", 28, 1),
     "flowers_ddim": ("oxford_flowers102", 64, 3),
 }

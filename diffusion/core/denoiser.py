@@ -21,7 +21,8 @@ on ``x~ = x / alpha`` at noise level ``sigma~ = sigma / alpha``,
 ``D = c_skip x~ + c_out F(c_in x~, c_noise)`` with ``c_skip = sd^2 / (sigma~^2 +
 sd^2)``, ``c_out = sigma~ sd / sqrt(sigma~^2 + sd^2)``, ``c_in = 1 / sqrt(sigma~^2 +
 sd^2)`` (``sd = sigma_data``); `edm.preconditioning`. Its noise input
-``"edm"`` is ``c_noise = log(sigma~) / 4``.
+``"edm"`` is ``c_noise = log(sigma~) / 4``; VDM's network is given ``"gamma"``,
+``gamma(t) = -log SNR(t)`` (Kingma et al. 2021).
 
 `sigma_fn` is the sigma-space view ``D(x~, sigma~ [B]) -> x0`` that the samplers
 of `samplers.sigma` take, for a model of any process (`processes.time_at_sigma`).
@@ -39,7 +40,7 @@ import jax.numpy as jnp
 
 from diffusion.core import edm, parameterization, processes, schedules
 
-NOISE_INPUTS = ("time", "sigma", "edm")
+NOISE_INPUTS = ("time", "sigma", "edm", "gamma")
 PREDICTIONS = parameterization.KINDS + ("F",)
 Net = Callable[[jax.Array, jax.Array, Any], jax.Array]
 
@@ -56,7 +57,7 @@ class Denoiser:
       preconditioned network; module docstring).
     process: the process the network was trained on (a `DiscreteSchedule` or
       an SDE); ``t`` below is on its time axis.
-    noise_input: "time", "sigma" or "edm" (module docstring).
+    noise_input: "time", "sigma", "edm" or "gamma" (VDM's ``-log SNR(t)``; module docstring).
     cond: the conditioning pytree given to every call, or None (`bind`).
     sigma_data: EDM's data standard deviation (prediction "F" only).
   """
@@ -88,6 +89,8 @@ class Denoiser:
       return t
     if self.noise_input == "sigma":
       return self.process.sigma(t)
+    if self.noise_input == "gamma":  # VDM's network input, gamma(t) = -log SNR(t).
+      return -self.process.log_snr(t)
     return 0.25 * jnp.log(processes.sigma_tilde(self.process, t))
 
   def output(self, x: jax.Array, t: jax.Array) -> jax.Array:

@@ -6,7 +6,7 @@ import copy
 import jax
 import numpy as np
 
-from diffusion.core import likelihood, processes
+from diffusion.core import likelihood, processes, vdm
 from diffusion.run import console
 from diffusion.data import iterator as data
 from diffusion.dist import cluster
@@ -21,15 +21,19 @@ def bits_per_dim(exp, params, rng, mesh=None) -> dict:
   on the K-level data itself (no dequantisation noise; the discretised
   Gaussian decoder of Ho et al.); a continuous model gets
   `likelihood.bits_per_dim` of uniformly dequantised data ``x = 2 (k + u) / K
-  - 1`` (Song et al. 2021), Hutchinson divergence, rk45. With a `mesh`, each
+  - 1`` (Song et al. 2021), Hutchinson divergence, rk45 (an EDM model too, on its
+  process); a VDM model gets its own ELBO (`vdm.elbo`, continuous time or its
+  ``elbo_steps``, the discretised decoder over the K levels, no dequantisation) with
+  the schedule of its `params`. With a `mesh`, each
   batch is a global array split over its devices (each process reads its
   slice) and `params` are replicated on it.
   """
   config = exp.config
   e = config.eval
   discrete = processes.is_discrete(exp.process)
+  is_vdm = config.diffusion.type == "vdm"
   dc = copy.deepcopy(config.data)
-  dc.split, dc.random_flip, dc.dequantize = e.bpd_split, False, not discrete
+  dc.split, dc.random_flip, dc.dequantize = e.bpd_split, False, not (discrete or is_vdm)
   dc.batch_size = batch_size(config, e.bpd_num, mesh)
   it = data.create(dc, seed=config.seed + 1, process_index=jax.process_index(),
                    process_count=jax.process_count())
@@ -42,6 +46,10 @@ def bits_per_dim(exp, params, rng, mesh=None) -> dict:
     den = exp.denoiser(params, y if conditional else None)
     if discrete:
       return likelihood.ddpm_vlb(den.eps_fn(), exp.process, x, key, num_bins=levels)["total"]
+    if is_vdm:
+      eps_fn = lambda z, g: den.net(z, g, den.cond)
+      return vdm.elbo(x, eps_fn, den.process.gamma_schedule, key, num_bins=levels,
+                      num_steps=config.diffusion.elbo_steps)["total"]
     return likelihood.bits_per_dim(den.score_fn(), exp.process, x, key, num_bins=levels,
                                    method="rk45", divergence="hutchinson")
 
@@ -58,10 +66,19 @@ def bits_per_dim(exp, params, rng, mesh=None) -> dict:
     done, c = done + len(values[-1]), c + 1
   bar.close()
   values = np.concatenate(values)
-  method = ("ddpm_vlb: DDPM variational bound (total), discretised Gaussian decoder on the "
-            f"{levels}-level data, no dequantisation noise" if discrete else
-            "probability_flow: bits_per_dim of uniformly dequantised data x = 2 (k + u) / K - 1 "
-            f"(K = {levels}), Hutchinson divergence, rk45")
+  if discrete:
+    name, method = "ddpm_vlb", ("ddpm_vlb: DDPM variational bound (total), discretised "
+                                f"Gaussian decoder on the {levels}-level data, no "
+                                "dequantisation noise")
+  elif is_vdm:
+    name, method = "vdm_elbo", ("vdm_elbo: the VDM bound (prior + reconstruction + diffusion, "
+                                f"{'continuous time' if not config.diffusion.elbo_steps else str(config.diffusion.elbo_steps) + ' steps'}), "
+                                f"discretised decoder over the {levels} levels, one draw of "
+                                "t and noise per image")
+  else:
+    name, method = "probability_flow_ode", (
+        "probability_flow: bits_per_dim of uniformly dequantised data x = 2 (k + u) / K - 1 "
+        f"(K = {levels}), Hutchinson divergence, rk45")
   return {"bits_per_dim": float(np.mean(values)), "std": float(np.std(values)),
           "num_images": int(done), "split": e.bpd_split, "num_bins": int(levels),
-          "method": "ddpm_vlb" if discrete else "probability_flow_ode", "description": method}
+          "method": name, "description": method}

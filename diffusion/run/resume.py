@@ -26,8 +26,10 @@ RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.ckpt_every",
 # Keys added to the config after workdirs were written without them, with the
 # value the code before them behaved as: a config.json that lacks such a key
 # reads as having that value (so old runs resume and sample as before).
-ADDED_KEYS = {"model.downsample_padding": 1, "diffusion.sigma_data": 0.5, "diffusion.p_mean": -1.2,
-              "diffusion.p_std": 1.2}
+ADDED_KEYS = {"model.downsample_padding": 1, "model.input_fourier": [], "diffusion.sigma_data": 0.5, "diffusion.p_mean": -1.2,
+              "diffusion.p_std": 1.2, "diffusion.gamma": "learned", "diffusion.gamma_min": -13.3,
+              "diffusion.gamma_max": 5.0, "diffusion.gamma_width": 1024, "diffusion.elbo_steps": 0,
+              "diffusion.variance_gradient": True, "diffusion.num_bins": 256}
 # What each mode does anyway with --config.allow_config_change=True. "train"
 # may start a new workdir; the others read a trained one.
 MODES = (("train", "resume"), ("sample", "sample"), ("eval", "evaluate"), ("export", "export"))
