@@ -1,4 +1,4 @@
-"""diffusion: DDPM, DDIM and score-SDE models in JAX/Flax with numerics proven by tests.
+"""diffusion: DDPM, DDIM, score-SDE, VDM and EDM models in JAX/Flax with numerics proven by tests.
 
 Importing the package applies one CPU speed setting before JAX starts its
 backend (see `diffusion/_xla_flags.py`). The numerical API of the README,
@@ -12,7 +12,8 @@ from diffusion import _xla_flags
 
 _xla_flags.apply_cpu_defaults()
 
-_CORE = ("schedules", "sdes", "samplers", "likelihood", "parameterization", "ode", "losses")
+_CORE = ("schedules", "sdes", "samplers", "likelihood", "parameterization", "ode", "losses",
+         "grids", "processes", "denoiser", "edm", "vdm")
 
 
 def __getattr__(name):

@@ -213,6 +213,17 @@ def runnable(process) -> tuple[str, ...]:
   return tuple(n for n, r in registry.SAMPLERS.items() if ok(r))
 
 
+def runs_in_sigma_space(record, process) -> bool:
+  """Whether `record` runs a model of `process` in sigma space (its first domain that can)."""
+  for domain in record.domains:
+    try:
+      processes.on_domain(process, domain)
+      return domain == "sigma"
+    except ValueError:
+      continue
+  return False
+
+
 def _learned(process) -> bool:
   """Whether the process has parameters of its own (a learned schedule): its sigma
   grid is then only known from a checkpoint."""

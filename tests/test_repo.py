@@ -35,7 +35,7 @@ def test_readme_example_is_examples_file_and_is_right():
   out = subprocess.run([sys.executable, str(ROOT / "examples" / "mixture_2d.py")], env=env,
                        capture_output=True, text=True, check=True, timeout=300).stdout
   fractions = [float(v) for v in re.findall(r"mode: ([0-9.]+)", out)]
-  assert len(fractions) == 5
+  assert len(fractions) == 7
   # Binomial SE for n = 2000 at p = 0.4: sqrt(0.24 / 2000) = 0.011; 3 SE = 0.033.
   for f in fractions:
     assert abs(f - 0.4) < 0.033, out

@@ -48,7 +48,7 @@ def sample(config, workdir: str) -> str:
   s = config.sample
   with checks.config_errors():
     exp = experiment.build(config)
-    record, options, _ = exp.sampler()
+    record, options, on = exp.sampler()
     if not record.traceable(options):
       raise ValueError(f"--mode sample writes a reverse-process GIF, which needs a trajectory; "
                        f"config.sample.method={s.method!r} with these options has none (e.g. "
@@ -68,6 +68,11 @@ def sample(config, workdir: str) -> str:
   traj_fn = exp.sample_fn(num_samples=grid_n, return_trajectory=True, mesh=mesh)
   first, traj = traj_fn(params, jax.random.fold_in(exp.sample_key, 0))
   first, traj_x = placement.to_host(first), placement.to_host(traj["x"])
+  if experiment.runs_in_sigma_space(record, on):
+    # x~ = x0 + sigma z: shown as the VP state x~ / sqrt(1 + sigma^2) (unit scale), not
+    # clipped noise of scale 80.
+    t = placement.to_host(traj["t"]).reshape(-1, *([1] * (traj_x.ndim - 1)))
+    traj_x = traj_x / np.sqrt(1.0 + t**2)
   chunks = [first]
   if batch:
     chunk_fn = exp.sample_fn(num_samples=batch, mesh=mesh)
