@@ -2,7 +2,7 @@
 
     python benchmarks/samplers.py [--batch 32] [--size 16] [--steps 1000] [--repeats 5] [--json out.json]
 
-Every sampler of `diffusion.samplers` is jit-compiled whole (shape and
+Every sampler of `diffusion.core.samplers` is jit-compiled whole (shape and
 num_steps static; the model parameters and the key are arguments) around a
 fixed small conv "model" (pure jnp, deterministic parameters). For each one
 the script measures
@@ -21,6 +21,18 @@ a ``lax.scan`` loop pays no per-step dispatch, so the ratio should be at most
 1.2 (usually below 1). For rk45, whose steps are adaptive, the ratio is taken
 per model evaluation against ``integrate_adaptive(..., max_steps=1)``.
 
+The sigma-space solvers of `samplers.sigma` (rows ``sigma ...``; ``--only sigma``)
+run the same model as a VP denoiser ``D(x, sigma) = x - sigma eps(x / sqrt(1 +
+sigma^2), t(sigma))`` (`make_denoise_fn`) over ``karras_sigmas(steps, 0.002, 80,
+rho=7)``. Their single step is the solver's own step function (captured from
+`samplers.sigma._walk`, `_sigma_step`) at the middle of the grid, dpmpp_2m's
+history passed in as an argument; the loop's last step to sigma = 0 is one
+evaluation, so a k-NFE solver's loop counts as ``NFE / k`` steps (marked ``^``).
+For each of them the script also checks the jaxpr of the whole sampler
+(`loop_structure`): exactly one ``scan``, no ``while`` and no host callback, and for
+dpmpp_2m an image-shaped history array in the scan carry beside ``x``; the exit
+status is 1 if any ratio or structure check fails.
+
 Runs unchanged on CPU or GPU. Results are wall times on a possibly shared
 machine: take them as medians, not as exact figures.
 """
@@ -35,6 +47,7 @@ import platform
 import statistics
 import sys
 import time
+from unittest import mock
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
@@ -45,10 +58,14 @@ from diffusion import _xla_flags  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from diffusion.core import grids  # noqa: E402
 from diffusion.core import ode  # noqa: E402
+from diffusion.core import processes  # noqa: E402
 from diffusion.core import samplers  # noqa: E402
 from diffusion.core import schedules  # noqa: E402
 from diffusion.core import sdes  # noqa: E402
+from diffusion.core.samplers import sigma as sigma_samplers  # noqa: E402
+from jax.extend import core as jex_core  # noqa: E402
 
 _b = schedules.broadcast_to
 RATIO_LIMIT = 1.2
@@ -92,6 +109,19 @@ def model_flops(size: int, in_ch: int, channels: int) -> int:
 
 def make_eps_fn(params, T: int):
   return lambda x, t: model_apply(params, x, t.astype(jnp.float32) / T)
+
+
+def make_denoise_fn(params, sde):
+  """The same eps model as a sigma-space denoiser ``D(x~, sigma [B]) -> x0``.
+
+  A VP model read in sigma space (what `Denoiser.sigma_fn` does for a continuous VP
+  eps model): ``t = processes.time_at_sigma(sde, sigma)`` (closed form for the VPSDE),
+  ``D = x~ - sigma eps(x~ / sqrt(1 + sigma^2), t)``.
+  """
+  def denoise(x, s):
+    t = processes.time_at_sigma(sde, s)
+    return x - _b(s, x) * model_apply(params, _b(jax.lax.rsqrt(1.0 + s**2), x) * x, t)
+  return denoise
 
 
 def make_score_fn(params, sde):
@@ -230,6 +260,127 @@ def rk45_case(sde, shape, max_steps, eps=1e-3):
               t=jnp.asarray(1.0, jnp.float32), per_eval=True)
 
 
+# Sigma-space solvers (`samplers.sigma`) on a Karras grid.
+SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 80.0, 7.0
+# EDM's ImageNet-64 setting of Alg. 2 (Karras et al. 2022, Table 5).
+EDM_CHURN = dict(s_churn=40.0, s_tmin=0.05, s_tmax=50.0, s_noise=1.003)
+
+
+def _sigma_step(solver, denoise, sigmas, shape, kwargs):
+  """The solver's own per-step function and carry, as its ``lax.scan`` runs them.
+
+  Every solver of `samplers.sigma` hands ``step(carry, x, sigma, sigma_next, i, e, key)``
+  (model call(s) + update, the multistep history in ``carry``) to the module's `_walk`;
+  calling the solver once with `_walk` replaced captures exactly that function, so
+  the single-step reference is the loop body itself, not a copy of its formulas.
+  """
+  got = {}
+
+  def capture(step, final, *args, carry_init=None, extra=None, **kw):
+    del final, args, kw
+    got.update(step=step, carry_init=carry_init, extra=extra)
+    return jnp.zeros(shape, jnp.float32)
+
+  with mock.patch.object(sigma_samplers, "_walk", capture):
+    solver(denoise, sigmas, jax.random.PRNGKey(0), shape, **kwargs)
+  if "step" not in got:
+    raise RuntimeError(f"{solver.__name__} did not call samplers.sigma._walk: update the benchmark")
+  return got
+
+
+def sigma_case(sde, shape, num_steps, name, label=None, order=None, **kwargs):
+  """`samplers.sigma.<name>` over ``karras_sigmas(num_steps, 0.002, 80, 7)``.
+
+  The single step is the middle step ``sigmas[m] -> sigmas[m + 1]`` (m = N // 2) of
+  the solver's own step function (`_sigma_step`); sigma, sigma_next, the step index,
+  the step's extra input (EDM's gamma_i) and the carry (dpmpp_2m: the previous x0 and
+  h) are all arguments, so nothing is constant-folded and dpmpp_2m's history
+  arithmetic runs (i > 0). The loop's last step to sigma = 0 is one evaluation, so the
+  ratio is taken against ``nfe / (evaluations per step)`` single steps.
+  """
+  solver = getattr(sigma_samplers, name)
+  if order is not None:
+    kwargs["order"] = order
+  sigmas = grids.karras_sigmas(num_steps, SIGMA_MIN, SIGMA_MAX, RHO)
+  nfe = sigma_samplers.nfe(name, num_steps, order=order or 1)
+  per_step = sigma_samplers.nfe(name, 1, ends_at_zero=False, order=order or 1)
+  m = num_steps // 2
+
+  def full(params, rng):
+    return solver(make_denoise_fn(params, sde), sigmas, rng, shape, **kwargs)
+
+  def single(params, x, key, a):
+    got = _sigma_step(solver, make_denoise_fn(params, sde), sigmas, shape, kwargs)
+    carry = a.get("carry", got["carry_init"])
+    return got["step"](carry, x, a["sigma"], a["sigma_next"], a["i"], a["e"], key)
+
+  probe = _sigma_step(solver, lambda x, s: x, sigmas, shape, kwargs)
+  extra = probe["extra"]
+  arg = {"sigma": sigmas[m], "sigma_next": sigmas[m + 1], "i": jnp.asarray(m, jnp.int32),
+         "e": jnp.float32(0.0) if extra is None else jnp.asarray(extra, jnp.float32)[m]}
+  if probe["carry_init"] is not None:  # multistep: a previous x0 and h_{i-1} as arguments
+    x0_prev, _ = probe["carry_init"]
+    arg["carry"] = (jnp.full(x0_prev.shape, 0.1, x0_prev.dtype),
+                    jnp.log(sigmas[m - 1] / sigmas[m]))
+  return dict(name=f"sigma {label or name}", steps=num_steps, nfe=nfe, full=full,
+              single=single, t=arg, unit=nfe / per_step, nfe_per_step=per_step, sigma_solver=name,
+              shape=tuple(shape))
+
+
+def sigma_cases(sde, shape, num_steps):
+  return [
+      sigma_case(sde, shape, num_steps, "euler", "euler eta=0", eta=0.0),
+      sigma_case(sde, shape, num_steps, "euler", "euler eta=1", eta=1.0),
+      sigma_case(sde, shape, num_steps, "heun"),
+      sigma_case(sde, shape, num_steps, "edm_stochastic", "edm_stochastic churn=40", **EDM_CHURN),
+      *[sigma_case(sde, shape, num_steps, "dpm_solver", f"dpm_solver order={k}", order=k)
+        for k in sigma_samplers.DPM_ORDERS],
+      sigma_case(sde, shape, num_steps, "dpmpp_2m"),
+      *[sigma_case(sde, shape, num_steps, "dpmpp_singlestep", f"dpmpp_singlestep order={k}",
+                   order=k) for k in (2, 3)],
+  ]
+
+
+# --------------------------------------------------------------------------
+# Structure: the compiled loop is one scan, with no host callback.
+# --------------------------------------------------------------------------
+
+
+def _eqns(jaxpr):
+  """Every equation of ``jaxpr`` and of the jaxprs nested in its equations' params."""
+  for eqn in jaxpr.eqns:
+    yield eqn
+    for sub in jex_core.jaxprs_in_params(eqn.params):
+      yield from _eqns(sub)
+
+
+def loop_structure(case, params, rng):
+  """Counts the scans, while loops and host callbacks in the jaxpr of ``case["full"]``.
+
+  PASS: exactly one ``scan`` (the whole loop), no ``while`` and no callback primitive
+  (``pure_callback``, ``io_callback``, ``debug_callback``, ...). A multistep solver
+  must also carry an image-shaped array besides ``x`` (its history) in that scan.
+  """
+  jaxpr = jax.make_jaxpr(case["full"])(params, rng).jaxpr
+  eqns = list(_eqns(jaxpr))
+  scans = [e for e in eqns if e.primitive.name == "scan"]
+  whiles = [e for e in eqns if e.primitive.name == "while"]
+  callbacks = sorted({e.primitive.name for e in eqns
+                      if "callback" in e.primitive.name or "outside_call" in e.primitive.name})
+  carry = []
+  if len(scans) == 1:
+    p = scans[0].params
+    body_in = p["jaxpr"].in_avals
+    carry = [a.str_short() for a in body_in[p["num_consts"]:p["num_consts"] + p["num_carry"]]]
+  image = f"float32[{','.join(map(str, case['shape']))}]"
+  history = sum(c == image for c in carry) - 1  # beyond x itself
+  need_history = case["sigma_solver"] == "dpmpp_2m"
+  ok = len(scans) == 1 and not whiles and not callbacks and (history >= 1 or not need_history)
+  return dict(sampler=case["name"], scans=len(scans), whiles=len(whiles), callbacks=callbacks,
+              scan_length=scans[0].params["length"] if len(scans) == 1 else None,
+              carry=carry, history_arrays=history, passed=bool(ok))
+
+
 # --------------------------------------------------------------------------
 # Timing.
 # --------------------------------------------------------------------------
@@ -279,6 +430,10 @@ def run_case(case, params, rng, x, repeats: int, single_calls: int):
     single_nfe = int(jax.device_get(sout[1]["nfe"]))
     unit = nfe / single_nfe  # single calls per loop, on a per-evaluation basis
     basis = f"per NFE (vs {single_nfe}-NFE call)"
+  elif case.get("unit", steps) != steps:  # a last step to sigma = 0 of fewer evaluations
+    unit = case["unit"]
+    basis = (f"per {case['nfe_per_step']}-NFE step: {case['nfe']} NFE = {unit:g} steps, "
+             "the last (to sigma 0) being 1 NFE")
   else:
     unit = steps
     basis = "per step"
@@ -326,6 +481,7 @@ def build_cases(steps: int, shape):
       pf_case(sde, shape, steps, "euler"),
       pf_case(sde, shape, steps, "heun"),
       rk45_case(sde, shape, steps),
+      *sigma_cases(sde, shape, steps),
   ]
 
 
@@ -361,6 +517,11 @@ def _jaxlib_version():
     return None
 
 
+def _ratio_mark(basis):
+  """'' per step, '*' per model evaluation (rk45), '^' per k-NFE step (sigma solvers)."""
+  return "" if basis == "per step" else "*" if basis.startswith("per NFE") else "^"
+
+
 def format_table(rows):
   head = ("sampler", "steps", "NFE", "compile s", "run s", "ms/step", "ms/NFE",
           "1 step ms", "ratio", "", "cpu ms/step", "cpu ratio")
@@ -369,7 +530,7 @@ def format_table(rows):
     lines.append((
         r["sampler"], str(r["steps"]), str(r["nfe"]), f"{r['compile_s']:.2f}", f"{r['run_s']:.3f}",
         f"{r['ms_per_step']:.3f}", f"{r['ms_per_nfe']:.3f}", f"{r['single_step_ms']:.3f}",
-        f"{r['ratio']:.2f}" + ("*" if r["ratio_basis"] != "per step" else ""),
+        f"{r['ratio']:.2f}" + _ratio_mark(r["ratio_basis"]),
         "PASS" if r["passed"] else "FAIL", f"{r['cpu_ms_per_step']:.3f}", f"{r['cpu_ratio']:.2f}",
     ))
   widths = [max(len(l[i]) for l in lines) for i in range(len(head))]
@@ -407,10 +568,16 @@ def main(argv=None):
   rng = jax.random.PRNGKey(42)
   x = jax.random.normal(jax.random.PRNGKey(7), shape, jnp.float32)
   only = [s for s in args.only.split(",") if s]
-  rows = []
+  rows, structure = [], []
   for case in build_cases(args.steps, shape):
     if only and not any(s in case["name"] for s in only):
       continue
+    if "sigma_solver" in case:
+      st = loop_structure(case, params, rng)
+      structure.append(st)
+      print(f"  {st['sampler']}: jaxpr has {st['scans']} scan(s) (length {st['scan_length']}, "
+            f"carry {', '.join(st['carry'])}), {st['whiles']} while, host callbacks: "
+            f"{st['callbacks'] or 'none'} ({'PASS' if st['passed'] else 'FAIL'})", flush=True)
     r = run_case(case, params, rng, x, args.repeats, args.single_calls)
     rows.append(r)
     print(f"  {r['sampler']}: {r['ms_per_step']:.3f} ms/step, ratio {r['ratio']:.2f} "
@@ -421,7 +588,9 @@ def main(argv=None):
   print("ratio = (wall time per step in the compiled loop) / (one jitted single-step call), "
         f"median over repeats; PASS if <= {RATIO_LIMIT}. cpu ms/step, cpu ratio: the same with "
         "process CPU time (all threads; less sensitive to other load on the machine). "
-        "* rk45: per model evaluation, vs one integrate_adaptive(max_steps=1) call.")
+        "* rk45: per model evaluation, vs one integrate_adaptive(max_steps=1) call. "
+        "^ sigma solvers of k NFE per step: the loop's last step (to sigma = 0) is 1 NFE, so the "
+        "loop counts as NFE / k steps.")
   for r in rows:
     if "reached_end" in r:
       print(f"{r['sampler']}: {r['steps']} steps ({r['rejected']} rejected), {r['nfe']} NFE, "
@@ -430,11 +599,15 @@ def main(argv=None):
     verdict, cmp = ("PASS", "<=") if r["passed"] else ("FAIL", ">")
     print(f"{verdict}: {r['sampler']}: ratio {r['ratio']:.2f} ({r['ratio_basis']}) "
           f"{cmp} {RATIO_LIMIT}")
+  for st in structure:
+    print(f"{'PASS' if st['passed'] else 'FAIL'}: {st['sampler']}: {st['scans']} scan, "
+          f"{st['whiles']} while, {len(st['callbacks'])} host callbacks in the jaxpr; "
+          f"{st['history_arrays']} image-shaped history array(s) in the scan carry")
   if args.json:
     with open(args.json, "w") as f:
-      json.dump({"env": env, "results": rows}, f, indent=2)
+      json.dump({"env": env, "results": rows, "structure": structure}, f, indent=2)
     print(f"wrote {args.json}")
-  return 0 if all(r["passed"] for r in rows) else 1
+  return 0 if all(r["passed"] for r in rows + structure) else 1
 
 
 if __name__ == "__main__":
