@@ -78,7 +78,8 @@ def check_sampler(config, process, section=None):
                      f"{', '.join(runnable(process))}") from None
   if domain == "discrete" and hasattr(options, "num_steps"):
     grids.check_steps(options.num_steps, "config.sample.num_steps", upper=on.num_steps)
-  if domain == "sigma" and not _learned(process):
+  # A learned schedule's noise levels are only known from a checkpoint.
+  if domain == "sigma" and not learned_schedule(config):
     try:
       processes.sigma_grid(on, options.grid, options.num_steps, eps=options.eps, rho=options.rho)
     except ValueError as e:
@@ -222,13 +223,6 @@ def runs_in_sigma_space(record, process) -> bool:
     except ValueError:
       continue
   return False
-
-
-def _learned(process) -> bool:
-  """Whether the process has parameters of its own (a learned schedule): its sigma
-  grid is then only known from a checkpoint."""
-  return bool(jax.tree.leaves(process)) and not isinstance(
-      process, (schedules.DiscreteSchedule, sdes.VPSDE, sdes.VESDE, edm.EDMProcess))
 
 
 def check_sample_options(section, prefix: str = "config.sample") -> None:

@@ -59,26 +59,32 @@ class Mixture:
     return jnp.asarray(self.means)[k] + jnp.asarray(self.stds)[k][:, None] * noise
 
 
-def check_mixture_samples(x, mix: Mixture, var_allowance=None) -> None:
-  """Asserts samples ``x [n, D]`` of `mix`: each weight within 3 binomial SE
-  (``sqrt(w (1 - w) / n)``, labels by the nearest mean: components >= 1.1 apart with
-  std 0.15 mislabel < 1e-4 of samples), each coordinate's mean within 3 SE
-  (``std / sqrt(n)``) and, unless `var_allowance` is None, its variance within 3 SE
-  (``sqrt((m4 - var^2) / n)``) plus `var_allowance` (the caller's stated bias)."""
+def mixture_sample_errors(x, mix: Mixture, var_allowance=None) -> list[str]:
+  """What is wrong with samples ``x [n, D]`` of `mix` ([] if nothing): each weight must
+  lie within 3 binomial SE (``sqrt(w (1 - w) / n)``, labels by the nearest mean:
+  components >= 1.1 apart with std 0.15 mislabel < 1e-4 of samples), each coordinate's
+  mean within 3 SE (``std / sqrt(n)``) and, unless `var_allowance` is None, its variance
+  within 3 SE (``sqrt((m4 - var^2) / n)``) plus `var_allowance` (the caller's stated bias)."""
   x = np.asarray(x, np.float64)
   n = x.shape[0]
+  errors = []
   k = np.argmin(((x[:, None] - mix.means[None]) ** 2).sum(-1), axis=1)
   w = np.bincount(k, minlength=len(mix.weights)) / n
   se_w = np.sqrt(mix.weights * (1 - mix.weights) / n)
-  assert np.all(np.abs(w - mix.weights) < 3 * se_w), (w, se_w)
+  if not np.all(np.abs(w - mix.weights) < 3 * se_w):
+    errors.append(f"weights {w} vs {mix.weights} (3 SE = {3 * se_w})")
   true_mean = mix.weights @ mix.means
   true_var = mix.weights @ (mix.means**2 + mix.stds[:, None] ** 2) - true_mean**2
   for d in range(x.shape[1]):
-    assert abs(x[:, d].mean() - true_mean[d]) < 3 * x[:, d].std() / np.sqrt(n), d
+    if not abs(x[:, d].mean() - true_mean[d]) < 3 * x[:, d].std() / np.sqrt(n):
+      errors.append(f"mean[{d}] {x[:, d].mean():.4f} vs {true_mean[d]:.4f}")
     if var_allowance is not None:
       m = x[:, d] - x[:, d].mean()
       se_v = np.sqrt((np.mean(m**4) - np.mean(m**2) ** 2) / n)
-      assert abs(x[:, d].var() - true_var[d]) < 3 * se_v + var_allowance, (d, x[:, d].var())
+      if not abs(x[:, d].var() - true_var[d]) < 3 * se_v + var_allowance:
+        errors.append(f"var[{d}] {x[:, d].var():.4f} vs {true_var[d]:.4f} "
+                      f"(3 SE = {3 * se_v:.4f} + {var_allowance})")
+  return errors
 
 
 def gaussian(mean, std) -> Mixture:
