@@ -173,6 +173,17 @@ def test_figures_end_to_end(tmp_path, capsys):
   with np.load(out / "nearest_neighbours.npz") as f:
     assert f["indices"].shape == (3, 2)
     np.testing.assert_array_equal(f["distances"][:, 0], 0.0)  # each sample IS a training image
+  # Several models' results: one plot and one table; a malformed --results is one line.
+  res = str(ROOT / "docs" / "mnist_cpu_eval" / "results.json")
+  for value, text in ((f"a={res},{res}", "is not LABEL=FILE"), (f"a={res},a={res}", "twice"),
+                      (f"a={res},b=/nope.json", "'/nope.json': no such file")):
+    with pytest.raises(SystemExit) as e:
+      figures.main(["--config", config, "--out", str(out), "--results", value])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and text in err and err.count("\n") == 1, err
+  figures.main(["--config", config, "--out", str(out / "cmp"), "--results", f"x={res},y={res}"])
+  md = (out / "cmp" / "fid_vs_nfe.md").read_text()
+  assert md.count("| x | `") == md.count("| y | `") == 11 and md.count("`data:test`") == 1
   with Image.open(out / "nearest_neighbours.png") as im:  # 8x8 tiles upscaled x4
     assert im.size == (3 * (32 + PAD) + PAD, 3 * (32 + PAD) + PAD)
 
@@ -195,3 +206,26 @@ def test_fid_vs_nfe_plot_draws_one_line_per_sampler_family(tmp_path):
   assert visualize.sampler_family("ddim:eta=0,steps=5") == "ddim:eta=0"
   with pytest.raises(ValueError, match="no sampler rows"):
     visualize.metric_vs_nfe_plot(str(path), rounds[:1], "fid")
+
+
+def test_fid_vs_nfe_plot_and_table_compare_several_models(tmp_path):
+  """Two models (the README's results.json, and a copy with every sampler's FID
+  raised by 1): a line per (model, sampler family) holding that model's own values;
+  the shared data row is one floor and one table row; bits/dim with its standard
+  error std / sqrt(n)."""
+  from diffusion.eval import report
+  table = json.loads((ROOT / "docs" / "mnist_cpu_eval" / "results.json").read_text())
+  other = json.loads(json.dumps(table))
+  for r in other["rounds"]:
+    r["fid"] += 0.0 if r["method"] == "data" else 1.0
+  other["bpd"] = dict(table["bpd"], bits_per_dim=2.5, std=0.8, num_images=64)
+  lines = visualize.metric_vs_nfe_plot(str(tmp_path / "c.png"),
+                                       {"a": table["rounds"], "b": other["rounds"]}, "fid",
+                                       figsize=(6, 4), dpi=50)
+  assert len(lines) == 10 and lines["b: ddim:eta=0"] == [
+      (n, v + 1.0) for n, v in lines["a: ddim:eta=0"]]
+  md = report.comparison_markdown({"a": table, "b": other}).splitlines()
+  assert sum("`data:test`" in line for line in md) == 1
+  assert sum(line.startswith("| b | `") for line in md) == 11
+  assert "| b | `ddim:steps=10,eta=0` | 10 | 86.56 |" in "\n".join(md)
+  assert md[-1].startswith("- b, step 3000: bits/dim 2.500 ± 0.100 (standard error of 64 test")

@@ -16,7 +16,11 @@ Writes under ``--out``:
 - with ``--workdir`` (its ``eval/results.json``, written by ``--mode eval``) or
   ``--results FILE``: ``fid_vs_nfe.png``, FID against the number of network
   evaluations, one line per sampler family, the data row as the floor
-  (`viz.images.metric_vs_nfe_plot`).
+  (`viz.images.metric_vs_nfe_plot`);
+- with ``--results LABEL=FILE,LABEL=FILE,...`` (several models, e.g. one per
+  formulation): ``fid_vs_nfe.png`` with a line per (model, sampler family) and
+  ``fid_vs_nfe.md``, their rows in one table with each model's bits/dim
+  (`eval.report.comparison_markdown`).
 
 `--config` takes ``file.py`` or ``file.py:variant`` and ``--config.a.b=v``
 overrides, like `diffusion.main` (`run.cli`); errors are one line, exit 2.
@@ -33,6 +37,7 @@ import jax
 import numpy as np
 
 from diffusion.data import iterator as data
+from diffusion.eval import report
 from diffusion.core import schedules
 from diffusion.run.workdir import Workdir
 from diffusion.viz import images as visualize
@@ -99,7 +104,9 @@ def _define_flags(values) -> None:
                        flag_values=values)
   flags.DEFINE_integer("k", 3, "neighbours per sample", flag_values=values)
   flags.DEFINE_string("results", None, "an eval results.json for fid_vs_nfe.png (default: "
-                      "WORKDIR/eval/results.json when it exists)", flag_values=values)
+                      "WORKDIR/eval/results.json when it exists), or LABEL=FILE,LABEL=FILE,... "
+                      "to compare several models in one plot and in fid_vs_nfe.md",
+                      flag_values=values)
   flags.DEFINE_integer("max_train", None, "compare with at most this many training images "
                        "(default: all)", flag_values=values)
 
@@ -114,12 +121,10 @@ def main(argv=None) -> None:
   config = args.config
   if args.workdir is not None and not os.path.isdir(args.workdir):
     cli.fail(f"--workdir {args.workdir!r} is not a folder")
-  npz, results = None, args.results
-  if results is not None and not os.path.isfile(results):
-    cli.fail(f"--results {results!r}: no such file (an eval results.json)")
+  npz, results = None, parse_results(args.results)
   if args.workdir is not None:
     found = os.path.join(args.workdir, "eval", "results.json")
-    results = results or (found if os.path.isfile(found) else None)
+    results = results or ({None: found} if os.path.isfile(found) else None)
     try:
       npz = latest_samples(args.workdir)
     except FileNotFoundError as e:
@@ -163,14 +168,51 @@ def main(argv=None) -> None:
           f"images; median nearest L2 distance {np.median(dist[:, 0]):.3f})")
 
   if results is not None:
-    with open(results) as f:
-      table = json.load(f)
+    tables = {}
+    for label, file in results.items():
+      with open(file) as f:
+        tables[label] = json.load(f)
     path = os.path.join(args.out, "fid_vs_nfe.png")
-    visualize.metric_vs_nfe_plot(path, table["rounds"], "fid", title=(
-        f"FID of {table['num_samples']} samples ({table['features'].split(':')[0]} features), "
-        f"step {table['step']}"))
-    print(f"wrote {path} (from {results})")
+    first = next(iter(tables.values()))
+    about = (f"FID of {first['num_samples']} samples ({first['features'].split(':')[0]} "
+             "features)")
+    if None in tables:
+      visualize.metric_vs_nfe_plot(path, first["rounds"], "fid",
+                                   title=f"{about}, step {first['step']}")
+    else:
+      steps = sorted({t["step"] for t in tables.values()})
+      visualize.metric_vs_nfe_plot(
+          path, {label: t["rounds"] for label, t in tables.items()}, "fid",
+          title=f"{about}, step {'/'.join(map(str, steps))}", figsize=(10.0, 5.0))
+      md = os.path.join(args.out, "fid_vs_nfe.md")
+      with open(md, "w") as f:
+        f.write(report.comparison_markdown(tables))
+      print(f"wrote {md}")
+    print(f"wrote {path} (from {', '.join(results.values())})")
 
+
+def parse_results(value: str | None) -> dict | None:
+  """``--results``: ``FILE`` -> ``{None: FILE}``; ``LABEL=FILE,LABEL=FILE`` -> ``{LABEL:
+  FILE}`` in order. Each file must exist; a bad value is one line (exit 2)."""
+  from diffusion.run import cli  # pylint: disable=g-import-not-at-top
+  if value is None:
+    return None
+  if "=" not in value:
+    pairs = [(None, value)]
+  else:
+    pairs = []
+    for item in value.split(","):
+      label, sep, file = item.partition("=")
+      if not sep or not label or not file:
+        cli.fail(f"--results: {item!r} is not LABEL=FILE (give FILE, or LABEL=FILE,"
+                 "LABEL=FILE,... to compare models)")
+      pairs.append((label, file))
+    if len({label for label, _ in pairs}) != len(pairs):
+      cli.fail(f"--results: a label appears twice in {value!r}")
+  for _, file in pairs:
+    if not os.path.isfile(file):
+      cli.fail(f"--results {file!r}: no such file (an eval results.json)")
+  return dict(pairs)
 
 if __name__ == "__main__":
   main()

@@ -18,6 +18,7 @@ at least `min_tile` pixels wide.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -269,29 +270,48 @@ def metric_vs_nfe_plot(path: str, rounds, metric: str = "fid", title: str | None
   """PNG of `metric` against NFE (log axis) for the rows of an eval ``results.json``:
   one line per sampler family (`sampler_family`), the ``data:*`` row as a dashed
   horizontal line (the metric's floor at this N). Returns ``{family: [(nfe,
-  value), ...]}``, sorted by NFE, as drawn."""
+  value), ...]}``, sorted by NFE, as drawn.
+
+  ``rounds`` may also be a mapping ``{label: rounds}`` (several models, e.g. one per
+  formulation): the lines are then ``"label: family"``, one colour per sampler family
+  and one line style per label, and each distinct floor is drawn once."""
+  tables = dict(rounds) if isinstance(rounds, Mapping) else {None: rounds}
   lines: dict[str, list] = {}
-  floor = None
-  for row in rounds:
-    if row.get(metric) is None:
-      continue
-    if row["method"] == "data":
-      floor = (row["spec"], row[metric])
-    else:
-      lines.setdefault(sampler_family(row["spec"]), []).append((row["nfe"], row[metric]))
+  style: dict[str, tuple] = {}  # line -> (label's index, family)
+  floors: dict[tuple, list] = {}
+  for i, (label, rows) in enumerate(tables.items()):
+    for row in rows:
+      if row.get(metric) is None:
+        continue
+      if row["method"] == "data":
+        floors.setdefault((row["spec"], round(row[metric], 6)), []).append(label)
+        continue
+      family = sampler_family(row["spec"])
+      key = family if label is None else f"{label}: {family}"
+      lines.setdefault(key, []).append((row["nfe"], row[metric]))
+      style[key] = (i, family)
   if not lines:
     raise ValueError(f"no sampler rows with {metric!r} to plot")
   fig = _figure(figsize, dpi)
   ax = fig.subplots()
-  for family, points in lines.items():
+  families = list(dict.fromkeys(f for _, f in style.values()))
+  linestyles, markers = ("-", "--", ":", "-."), "os^vD"
+  for key, points in lines.items():
     points.sort()
-    ax.plot(*zip(*points), marker="o", label=family)
-  if floor is not None:
-    ax.axhline(floor[1], color="gray", linestyle="--", label=f"{floor[0]} (floor at this N)")
+    i, family = style[key]
+    ax.plot(*zip(*points), marker=markers[i % len(markers)],
+            linestyle=linestyles[i % len(linestyles)],
+            color=f"C{families.index(family) % 10}", label=key)
+  for (spec, value), owners in floors.items():
+    who = "" if None in owners or len(owners) == len(tables) else f" ({', '.join(owners)})"
+    ax.axhline(value, color="gray", linestyle="--", label=f"{spec}{who} (floor at this N)")
   ax.set(xscale="log", xlabel="network evaluations (NFE)", ylabel=metric.upper(),
          title=title or f"{metric.upper()} against sampling cost")
   ax.grid(alpha=0.3, which="both")
-  ax.legend(fontsize=8)
+  if len(tables) > 1:  # Many lines: the legend beside the axes.
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+  else:
+    ax.legend(fontsize=8)
   fig.tight_layout()
   _save_figure(fig, path)
   return lines
