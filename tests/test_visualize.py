@@ -213,7 +213,7 @@ def test_fid_vs_nfe_plot_and_table_compare_several_models(tmp_path):
   raised by 1): a line per (model, sampler family) holding that model's own values;
   the shared data row is one floor and one table row; bits/dim with its standard
   error std / sqrt(n)."""
-  from diffusion.eval import report
+  from diffusion.viz import tables
   table = json.loads((ROOT / "docs" / "mnist_cpu_eval" / "results.json").read_text())
   other = json.loads(json.dumps(table))
   for r in other["rounds"]:
@@ -224,7 +224,7 @@ def test_fid_vs_nfe_plot_and_table_compare_several_models(tmp_path):
                                        figsize=(6, 4), dpi=50)
   assert len(lines) == 10 and lines["b: ddim:eta=0"] == [
       (n, v + 1.0) for n, v in lines["a: ddim:eta=0"]]
-  md = report.comparison_markdown({"a": table, "b": other}).splitlines()
+  md = tables.comparison_markdown({"a": table, "b": other}).splitlines()
   assert sum("`data:test`" in line for line in md) == 1
   assert sum(line.startswith("| b | `") for line in md) == 11
   assert "| b | `ddim:steps=10,eta=0` | 10 | 86.56 |" in "\n".join(md)

@@ -20,7 +20,7 @@ Writes under ``--out``:
 - with ``--results LABEL=FILE,LABEL=FILE,...`` (several models, e.g. one per
   formulation): ``fid_vs_nfe.png`` with a line per (model, sampler family) and
   ``fid_vs_nfe.md``, their rows in one table with each model's bits/dim
-  (`eval.report.comparison_markdown`).
+  (`viz.tables.comparison_markdown`).
 
 `--config` takes ``file.py`` or ``file.py:variant`` and ``--config.a.b=v``
 overrides, like `diffusion.main` (`run.cli`); errors are one line, exit 2.
@@ -37,10 +37,10 @@ import jax
 import numpy as np
 
 from diffusion.data import iterator as data
-from diffusion.eval import report
 from diffusion.core import schedules
 from diffusion.run.workdir import Workdir
 from diffusion.viz import images as visualize
+from diffusion.viz import tables
 
 
 def load_config(spec: str):
@@ -168,25 +168,25 @@ def main(argv=None) -> None:
           f"images; median nearest L2 distance {np.median(dist[:, 0]):.3f})")
 
   if results is not None:
-    tables = {}
+    results_tables = {}
     for label, file in results.items():
       with open(file) as f:
-        tables[label] = json.load(f)
+        results_tables[label] = json.load(f)
     path = os.path.join(args.out, "fid_vs_nfe.png")
-    first = next(iter(tables.values()))
+    first = next(iter(results_tables.values()))
     about = (f"FID of {first['num_samples']} samples ({first['features'].split(':')[0]} "
              "features)")
-    if None in tables:
+    if None in results_tables:
       visualize.metric_vs_nfe_plot(path, first["rounds"], "fid",
                                    title=f"{about}, step {first['step']}")
     else:
-      steps = sorted({t["step"] for t in tables.values()})
+      steps = sorted({t["step"] for t in results_tables.values()})
       visualize.metric_vs_nfe_plot(
-          path, {label: t["rounds"] for label, t in tables.items()}, "fid",
+          path, {label: t["rounds"] for label, t in results_tables.items()}, "fid",
           title=f"{about}, step {'/'.join(map(str, steps))}", figsize=(10.0, 5.0))
       md = os.path.join(args.out, "fid_vs_nfe.md")
       with open(md, "w") as f:
-        f.write(report.comparison_markdown(tables))
+        f.write(tables.comparison_markdown(results_tables))
       print(f"wrote {md}")
     print(f"wrote {path} (from {', '.join(results.values())})")
 

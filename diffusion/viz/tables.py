@@ -1,0 +1,40 @@
+"""Markdown tables of eval results (``results.json``), for reports and the README
+(`diffusion.eval.report` uses `fmt` for results.md)."""
+from __future__ import annotations
+
+
+def fmt(v, scale=1.0, digits=2):
+  return "-" if v is None else f"{v * scale:.{digits}f}"
+
+
+def comparison_markdown(tables: dict) -> str:
+  """One markdown table of several eval ``results.json`` (``{label: results}``, e.g.
+  one model per formulation): a row per (label, sampler) with NFE, FID, KID ± its
+  standard deviation over subsets and IS, the data rows once when all tables share
+  them, then each label's bits/dim (``python -m diffusion.figures --results
+  a=A.json,b=B.json`` writes it as ``fid_vs_nfe.md``)."""
+  first = next(iter(tables.values()))
+  kid_scale, kid_head = ((1e3, "KID (x1e3)") if first["features"] == "inception"
+                         else (1.0, "KID"))
+  lines = [f"| model | sampler | NFE | FID | {kid_head} | IS |", "|---|---|---|---|---|---|"]
+  def row(label, r):
+    nfe = "-" if r["method"] == "data" else (r["nfe"] if r["nfe"] is not None else "adaptive")
+    kid = fmt(r["kid"], kid_scale)
+    if r.get("kid_std") is not None and r["kid"] is not None:
+      kid += f" ± {fmt(r['kid_std'], kid_scale)}"
+    return (f"| {label} | `{r['spec']}` | {nfe} | {fmt(r['fid'], digits=2)} | {kid} | "
+            f"{fmt(r['inception_score'])} |")
+  data = {label: [r for r in t["rounds"] if r["method"] == "data"] for label, t in tables.items()}
+  shared = len({tuple((r["spec"], round(r["fid"], 6)) for r in d) for d in data.values()}) == 1
+  if shared:
+    lines += [row("data", r) for r in first["rounds"] if r["method"] == "data"]
+  for label, t in tables.items():
+    lines += [row(label, r) for r in t["rounds"] if r["method"] != "data" or not shared]
+  lines.append("")
+  for label, t in tables.items():
+    b = t.get("bpd")
+    lines.append(f"- {label}, step {t['step']}: " + (
+        f"bits/dim {b['bits_per_dim']:.3f} ± {b['std'] / max(b['num_images'], 1) ** 0.5:.3f} "
+        f"(standard error of {b['num_images']} {b['split']} images; {b['description']})"
+        if b else "no bits/dim"))
+  return "\n".join(lines) + "\n"
