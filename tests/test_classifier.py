@@ -1,5 +1,6 @@
 """The project's own classifier (feature extractor for MNIST-like data) really classifies."""
 import numpy as np
+import pytest
 from sklearn.datasets import load_digits
 
 from diffusion.eval import classifier as classify
@@ -23,6 +24,13 @@ def test_digits_classifier_accuracy_features_and_save_load(tmp_path):
   model2, params2, info = classify.load(str(tmp_path / "clf"))
   assert info["test_accuracy"] == acc
   np.testing.assert_array_equal(classify.predict(model2, params2, x[test])[1], logits)
+  # Saving again: refused (nothing overwritten); with keep_existing (the shared cache,
+  # two evals racing) the first one is kept and no partial folder is left behind.
+  with pytest.raises(FileExistsError, match="already holds a classifier"):
+    classify.save(str(tmp_path / "clf"), model, params, {"test_accuracy": 0.0})
+  classify.save(str(tmp_path / "clf"), model, params, {"test_accuracy": 0.0}, keep_existing=True)
+  assert classify.load(str(tmp_path / "clf"))[2]["test_accuracy"] == acc
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["clf"]
 
 
 def test_command_line_trains_on_a_config_and_saves(tmp_path):

@@ -70,16 +70,38 @@ def accuracy(model, params, images, labels) -> float:
   return float(np.mean(predict(model, params, images)[1].argmax(-1) == np.asarray(labels)))
 
 
-def save(path: str, model: Classifier, params, info: dict) -> None:
-  """Writes ``path/params`` (Orbax) and ``path/classifier.json`` (model fields + info)."""
+def save(path: str, model: Classifier, params, info: dict, keep_existing: bool = False) -> None:
+  """Writes ``path/params`` (Orbax) and ``path/classifier.json`` (model fields + info).
+
+  Written into a sibling ``<path>.partial-*`` folder first and renamed to `path` at
+  the end, so `path` is either absent or complete. When `path` already holds a
+  classifier: FileExistsError (nothing is overwritten), or with `keep_existing`
+  (the shared cache, where two evals may train the same classifier at once) the one
+  already there is kept and this one discarded."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  import uuid  # pylint: disable=g-import-not-at-top
   path = os.path.abspath(path)
-  os.makedirs(path, exist_ok=True)
+  done = os.path.join(path, "classifier.json")
+  if os.path.exists(done) and not keep_existing:
+    raise FileExistsError(f"{path} already holds a classifier (classifier.json); not "
+                          "overwriting it: give another folder")
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp = f"{path}.partial-{uuid.uuid4().hex[:8]}"
   with ocp.StandardCheckpointer() as ckpt:
-    ckpt.save(os.path.join(path, "params"), params)
+    ckpt.save(os.path.join(tmp, "params"), params)
   meta = {"channels": list(model.channels), "features": model.features,
           "num_classes": model.num_classes, "dropout": model.dropout, **info}
-  with open(os.path.join(path, "classifier.json"), "w") as f:
+  with open(os.path.join(tmp, "classifier.json"), "w") as f:
     json.dump(meta, f, indent=2)
+  try:
+    os.rename(tmp, path)  # Atomic; fails when `path` is a folder that is not empty.
+  except OSError:
+    if keep_existing and os.path.exists(done):
+      shutil.rmtree(tmp, ignore_errors=True)
+      return
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise FileExistsError(f"{path} exists and is not empty; not overwriting it: give another "
+                          "folder") from None
 
 
 def load(path: str):
@@ -152,11 +174,11 @@ def _define_flags(values) -> None:
 
 
 def train_and_save(data_config, path: str, steps: int = 2000, holdout: float = 0.15,
-                   seed: int = 0) -> dict:
+                   seed: int = 0, keep_existing: bool = False) -> dict:
   """Trains the classifier on all of ``data_config``'s training split (no image
   dropped: `dataset_arrays` with ``batch_size=None``), reports its accuracy on a
-  held-out `holdout` fraction, and saves it to `path` (process 0). Returns the
-  info dict that `save` stores."""
+  held-out `holdout` fraction, and saves it to `path` (process 0; `keep_existing`:
+  see `save`). Returns the info dict that `save` stores."""
   x, y = dataset_arrays(data_config, "train", batch_size=None)  # Every example.
   perm = np.random.default_rng(seed).permutation(len(y))
   cut = int(len(y) * (1 - holdout))
@@ -167,7 +189,7 @@ def train_and_save(data_config, path: str, steps: int = 2000, holdout: float = 0
           "data": {k: data_config[k] for k in ("source", "name", "data_dir", "image_size",
                                                "channels")}}
   if jax.process_index() == 0:
-    save(path, model, params, info)
+    save(path, model, params, info, keep_existing=keep_existing)
   return info
 
 

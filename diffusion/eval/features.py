@@ -69,7 +69,8 @@ def resolve_defaults(config) -> None:
     console.echo(f"eval: no eval.classifier_path: training the project's classifier on "
                  f"{config.data.name or config.data.source} once ({e.classifier_steps} steps), "
                  f"cached in {path} for every run of this dataset")
-    info = classify.train_and_save(config.data, path, steps=e.classifier_steps)
+    info = classify.train_and_save(config.data, path, steps=e.classifier_steps,
+                                   keep_existing=True)  # Another eval may finish first.
     console.echo(f"eval: classifier accuracy {info['test_accuracy']:.4f} on "
                  f"{info['num_test']} held-out training images")
   e.classifier_path = path
