@@ -184,6 +184,43 @@ def test_resumed_hook_reuses_run_id(tmp_path):
   assert not idle.active and not os.path.exists(tmp_path / "run_d")
 
 
+def test_eval_run_is_its_own_job_on_the_checkpoint_step_axis(tmp_path, monkeypatch):
+  """A study's runs (issue 14): train and eval are two wandb runs of one group and
+  name, job_type train / eval; eval rows carry their checkpoint's step as eval/step
+  (define_metric), so evaluating step 2 after step 4 keeps both rows; a sweep
+  agent's run id (WANDB_SWEEP_ID + WANDB_RUN_ID) is the training run's id."""
+  workdir = str(tmp_path / "run_e")
+  config = _config(name="v1")
+  train = sinks.WandbHook(config, True, workdir=workdir)
+  train.log(4, {"loss": 1.0})
+  train.close()
+  for step in (4, 2):
+    ev = sinks.WandbHook(config, True, workdir=workdir, job_type="eval")
+    ev.log(step, {"eval/ddim/fid": 10.0 * step})
+    ev.close()
+  assert ev.run_id != train.run_id
+  assert open(os.path.join(workdir, "wandb_id_eval.txt")).read().strip() == ev.run_id
+  runs = {}
+  for d in _run_dirs(workdir):
+    _, history, run = _run_contents(d)
+    runs.setdefault(run.run_id, []).append((run, history))
+  (train_run, _), = runs[train.run_id]
+  assert (train_run.job_type, train_run.run_group, train_run.display_name) == (
+      "train", "ablation-x", "v1")
+  evals = runs[ev.run_id]
+  assert all(r.job_type == "eval" and r.display_name == "v1" for r, _ in evals)
+  rows = [(h["eval/step"], h["eval/ddim/fid"]) for _, hist in evals for h in hist
+          if "eval/step" in h]
+  assert rows == [(4, 40.0), (2, 20.0)]
+  monkeypatch.setenv("WANDB_SWEEP_ID", "sweep1")
+  monkeypatch.setenv("WANDB_RUN_ID", "agentrun")
+  assert sinks.wandb_run_id(str(tmp_path / "run_f")) == "agentrun"
+  assert open(tmp_path / "run_f" / "wandb_id.txt").read().strip() == "agentrun"
+  assert sinks.wandb_run_id(str(tmp_path / "run_f"), "eval") != "agentrun"
+  with pytest.raises(ValueError, match="job_type='sample' is not one of train, eval"):
+    sinks.WandbHook(config, True, workdir=workdir, job_type="sample")
+
+
 def test_redact():
   secrets = frozenset({SECRET})
   tree = {"wandb": {"api_key": "abc", "API-Key": "x", "apiKey": "y", "name": "n"},

@@ -103,9 +103,21 @@ def check_wandb_config(config) -> str:
   return mode
 
 
-def wandb_run_id(workdir) -> str:
-  """The wandb run id kept in ``workdir/wandb_id.txt`` (made and saved on first use)."""
+JOB_TYPES = ("train", "eval")
+
+
+def wandb_run_id(workdir, job_type: str = "train") -> str:
+  """The wandb run id kept in ``workdir/wandb_id.txt`` (``wandb_id_eval.txt`` for the
+  eval run), made and saved on first use. A training run started by a wandb sweep
+  agent (``WANDB_SWEEP_ID`` and ``WANDB_RUN_ID`` set) takes the agent's id, so the
+  agent's run is the one that trains."""
   path = Workdir(workdir).wandb_id_file
+  if job_type != "train":
+    path = path.parent / f"wandb_id_{job_type}.txt"
+  agent_id = os.environ.get("WANDB_RUN_ID") if os.environ.get("WANDB_SWEEP_ID") else None
+  if agent_id and job_type == "train":
+    write_text(path, agent_id + "\n")
+    return agent_id
   if path.exists():
     run_id = path.read_text().strip()
     if run_id:
@@ -126,7 +138,7 @@ class WandbHook:
   """Sends metric rows and images to a wandb run, or does nothing.
 
   With ``config.wandb.mode`` "offline" or "online", `enabled` and on process 0,
-  starts ``wandb.init(project, group, tags, notes, name, mode, dir=workdir,
+  starts ``wandb.init(project, group, job_type, tags, notes, name, mode, dir=workdir,
   config=<the flattened, redacted config>, id=<workdir/wandb_id.txt>,
   resume="allow")``: a resumed run continues the same wandb run. `name`
   defaults to the workdir's basename, an empty `group` to none; all of them
@@ -140,11 +152,14 @@ class WandbHook:
   again; wandb (online) ignores steps below the run's last one, with a warning.
   """
 
-  def __init__(self, config, enabled: bool, workdir=None):
+  def __init__(self, config, enabled: bool, workdir=None, job_type: str = "train"):
+    if job_type not in JOB_TYPES:
+      raise ValueError(f"job_type={job_type!r} is not one of {', '.join(JOB_TYPES)}")
     mode = check_wandb_config(config)
     self._run = None
     self._wandb = None
     self.run_id = None
+    self.job_type = job_type
     if mode == "disabled" or not enabled or jax.process_index() != 0:
       return
     if workdir is None or not is_local(workdir):
@@ -157,7 +172,7 @@ class WandbHook:
       run_config = redact_lib.flatten({"wandb": redact_lib.redacted_config(config)})
     import wandb  # pylint: disable=g-import-not-at-top  (only when wandb is on)
     self._wandb = wandb
-    self.run_id = wandb_run_id(workdir)  # Makes the workdir.
+    self.run_id = wandb_run_id(workdir, job_type)  # Makes the workdir.
     # wandb's metadata records sys.argv: leave it out when that holds a secret.
     holds_secret = redact_lib.argv_holds_secret(sys.argv[1:])
     settings = wandb.Settings(x_disable_meta=True) if holds_secret else None
@@ -170,6 +185,7 @@ class WandbHook:
     self._run = wandb.init(
         project=clean["project"],
         group=clean["group"],
+        job_type=job_type,
         tags=clean["tags"],
         notes=clean["notes"],
         name=clean["name"],
@@ -181,6 +197,12 @@ class WandbHook:
         save_code=False,
         settings=settings,
     )
+    if job_type == "eval":
+      # Eval rows carry their checkpoint's step as "eval/step" and are plotted against
+      # it; wandb's own step just counts rows, so an earlier checkpoint evaluated after
+      # a later one is kept, not dropped as a step that went backwards.
+      self._run.define_metric("eval/step")
+      self._run.define_metric("eval/*", step_metric="eval/step")
 
   @property
   def active(self) -> bool:
@@ -190,7 +212,9 @@ class WandbHook:
     if self._run is None:
       return
     data = {k: v for k, v in redact_lib.redact(row).items() if k != "step" and v is not None}
-    if data:
+    if data and self.job_type == "eval":
+      self._run.log({"eval/step": int(step), **data})
+    elif data:
       self._run.log(data, step=int(step))
 
   def log_image(self, step: int, name: str, path) -> None:
