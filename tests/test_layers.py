@@ -11,7 +11,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 PKG = ROOT / "diffusion"
 # Each layer may import itself and the layers before it (docs/architecture.md).
 ORDER = ["_xla_flags", "core", "models", "train", "dist", "data", "run", "viz", "experiment",
-         "eval", "modes", "main", "classify", "figures", "port"]
+         "eval", "modes", "main", "classify", "figures", "port", "study", "sweep", "compare"]
 LAYER = {name: i for i, name in enumerate(ORDER)}
 
 

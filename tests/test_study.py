@@ -1,0 +1,125 @@
+"""Ablation studies (issue 14): a study definition, the sweep runner and the report.
+
+The definition tests build configs in-process (no training). The end-to-end test
+runs a two-variant study of configs/smoke.py through ``python -m diffusion.sweep``
+(train, then eval, wandb offline), re-runs it (nothing restarts), and checks the
+report's numbers against the runs' own files.
+"""
+import os
+import pathlib
+
+import pytest
+
+from diffusion import sweep
+from diffusion.run import cli
+from diffusion.study import definition, runner
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+GOOD = dict(base="configs/smoke.py", overrides={"train.num_steps": 4},
+            grid={"diffusion.schedule": ["linear", "cosine"], "optim.lr": [1e-3, 2e-3]},
+            seeds=[0, 1], eval_specs=["ddim:steps=4,eta=0"])
+
+
+def _study(tmp_path, definition_dict, name="s"):
+  folder = tmp_path / name
+  folder.mkdir(parents=True, exist_ok=True)
+  (folder / "study.py").write_text(f"def get_study():\n  return {definition_dict!r}\n")
+  return str(folder)
+
+
+BAD = [
+    (dict(GOOD, grid=None), "grid / variants: give exactly one of them"),
+    (dict(GOOD, variants={"a": {}}), "grid / variants: give exactly one of them"),
+    (dict(GOOD, grid={"optim.lrr": [1e-3]}),
+     "variant 'lrr=0.001': config.optim.lrr: no such key; did you mean optim.lr?"),
+    (dict(GOOD, grid={"optim.lr": ["fast"]}),
+     "variant 'lr=fast': config.optim.lr='fast' is a str; the config holds a float"),
+    (dict(GOOD, grid={"optim.lr": [1e-3, 1e-3]}), "grid['optim.lr']: lists a value twice"),
+    (dict(GOOD, grid={"diffusion.schedule": ["linear", "cosinus"]}),
+     "variant 'schedule=cosinus': config.diffusion.schedule='cosinus'"),
+    (dict(GOOD, overrides={"train.num_stepz": 4}),
+     "overrides: config.train.num_stepz: no such key; did you mean train.num_steps?"),
+    (dict(GOOD, eval_specs=["ddim:stepz=4"]), "eval_specs for variant 'schedule=linear,lr=0.001': "
+     "sampler spec 'ddim:stepz=4': unknown key 'stepz' for ddim"),
+    (dict(GOOD, eval_overrides={"train.num_steps": 3}),
+     "eval_overrides: 'train.num_steps' is not an eval.* key"),
+    (dict(GOOD, seeds=[0, 0]), "seeds: must be a non-empty list of distinct ints"),
+    (dict(GOOD, grid=None, variants={"a/b": {}}), "variants['a/b']: a variant's name is its folder"),
+    (dict(GOOD, grid=None, variants={"a": "configs/nope.py"}),
+     "variant 'a': no such config file 'configs/nope.py'"),
+    (dict(GOOD, sedes=[0]), "sedes: no such field; did you mean seeds?"),
+    (dict(GOOD, base=3), "base: must be a config file"),
+]
+
+
+@pytest.mark.parametrize("bad,message", BAD, ids=[m.split(":")[0] for _, m in BAD])
+def test_bad_definition_fails_naming_the_entry(tmp_path, bad, message):
+  bad = {k: v for k, v in bad.items() if v is not None}
+  with pytest.raises(definition.StudyError) as e:
+    definition.load(_study(tmp_path, bad))
+  text = str(e.value)
+  assert text.startswith("study s: ") and message in text and "\n" not in text, text
+
+
+def test_bad_definition_on_the_command_line_is_one_line(tmp_path, capsys):
+  folder = _study(tmp_path, dict(GOOD, grid={"optim.lrr": [1e-3]}))
+  for argv in ([folder], [folder, "--print"], [str(tmp_path / "none")], [folder, "--parallel=0"]):
+    with pytest.raises(SystemExit) as e:
+      sweep.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+  folder = _study(tmp_path, GOOD, name="g")
+  with pytest.raises(SystemExit):
+    sweep.main([folder, "--run=nope"])
+  assert "--run='nope' is not a run of study g; its runs: schedule=linear,lr=0.001-seed0" in (
+      capsys.readouterr().err)
+
+
+def test_grid_runs_names_and_commands_round_trip_through_main_flags(tmp_path, capsys):
+  """A 2 x 2 grid at two seeds is 8 runs in grid order, named by the keys' last
+  segments (the seed appended when there are several); each run's train command,
+  parsed by the command line every entry point uses (`run.cli`), gives the config
+  that the study validated, and its eval command adds the eval specs."""
+  study = definition.load(_study(tmp_path, GOOD))
+  assert [r.run for r in study.runs] == [
+      f"schedule={s},lr={lr}-seed{seed}" for s in ("linear", "cosine")
+      for lr in ("0.001", "0.002") for seed in (0, 1)]
+  assert study.varied_keys == ("diffusion.schedule", "optim.lr")
+  assert {r.num_steps for r in study.runs} == {4}
+  run = study.run("schedule=cosine,lr=0.002-seed1")
+  assert run.varied == {"diffusion.schedule": "cosine", "optim.lr": 2e-3} and run.seed == 1
+  train, evaluate = runner.commands(study, run, "ROOT", python="py")
+  assert train[:7] == ["py", "-m", "diffusion.main", "--config", "configs/smoke.py",
+                       "--workdir", os.path.join("ROOT", run.run)]
+  assert evaluate[7:9] == ["--mode", "eval"] and evaluate[-1] == (
+      "--config.eval.specs=('ddim:steps=4,eta=0',)")
+  os.chdir(ROOT)
+  parsed = cli.parse(train[3:5] + train[7:], lambda v: None, "main").config
+  assert (parsed.diffusion.schedule, parsed.optim.lr, parsed.seed, parsed.train.num_steps) == (
+      "cosine", 2e-3, 1, 4)
+  assert (parsed.wandb.group, parsed.wandb.name, tuple(parsed.wandb.tags)) == (
+      "s", run.run, ("study:s", "schedule=cosine", "lr=0.002"))
+  parsed = cli.parse(evaluate[3:5] + evaluate[9:], lambda v: None, "main").config
+  assert tuple(parsed.eval.specs) == ("ddim:steps=4,eta=0",)
+  # --print: one `train && eval` line per run, shell-quoted.
+  assert sweep.main([str(tmp_path / "s"), "--print", "--root", "R"]) == 0
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == 8 and all(" && " in line and "--mode eval" in line for line in lines)
+  # The wandb sweep file: a grid over the run names, each agent call one run.
+  out = tmp_path / "sweep.yaml"
+  assert sweep.main([str(tmp_path / "s"), "--wandb_sweep", str(out), "--root", "R"]) == 0
+  text = out.read_text()
+  assert text.count('      - "schedule=') == 8 and "  - diffusion.sweep\n" in text
+  with pytest.raises(SystemExit):  # Never overwritten.
+    sweep.main([str(tmp_path / "s"), "--wandb_sweep", str(out)])
+
+
+def test_named_variants_with_their_own_config_files(tmp_path):
+  study = definition.load(_study(tmp_path, dict(
+      base="configs/smoke.py", overrides={"train.num_steps": 4},
+      variants={"small": {"model.ch": 8}, "wide": {"config": "configs/smoke.py", "model.ch": 16},
+                "ddim8": "configs/smoke.py:steps=8"})))
+  assert [(r.run, r.config, r.varied) for r in study.runs] == [
+      ("small", "configs/smoke.py", {"model.ch": 8}),
+      ("wide", "configs/smoke.py", {"model.ch": 16}),
+      ("ddim8", "configs/smoke.py:steps=8", {})]
