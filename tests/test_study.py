@@ -5,8 +5,12 @@ runs a two-variant study of configs/smoke.py through ``python -m diffusion.sweep
 (train, then eval, wandb offline), re-runs it (nothing restarts), and checks the
 report's numbers against the runs' own files.
 """
+import json
 import os
 import pathlib
+
+import subprocess
+import sys
 
 import pytest
 
@@ -123,3 +127,56 @@ def test_named_variants_with_their_own_config_files(tmp_path):
       ("small", "configs/smoke.py", {"model.ch": 8}),
       ("wide", "configs/smoke.py", {"model.ch": 16}),
       ("ddim8", "configs/smoke.py:steps=8", {})]
+
+
+def test_two_variant_study_runs_resumes_and_reports_its_own_numbers(tmp_path):
+  """configs/smoke.py in two variants (lr 1e-3 and 2e-3), wandb offline, through
+  ``python -m diffusion.sweep --parallel 2``: both train 2 steps and evaluate; a re-run
+  starts nothing; ``diffusion.compare`` reports each variant's final loss and FID as
+  the runs' own files hold them; the wandb runs carry the study's group, the run's
+  name, job type and tags."""
+  import tiny_classifier
+  from diffusion import compare
+  from test_writers import _run_contents, _run_dirs
+  clf = tmp_path / "classifier"
+  tiny_classifier.train_and_save(clf, "test_study")
+  folder = _study(tmp_path, dict(
+      description="two learning rates", base="configs/smoke.py",
+      # 2 steps, no sample grid: the smoke model of tests/test_compat.py's fixture.
+      overrides={"wandb.mode": "offline", "train.num_steps": 2, "train.sample_every": 0},
+      variants={"lr1": {}, "lr2": {"optim.lr": 2e-3}},
+      eval_specs=["ddim:steps=4,eta=0"],
+      eval_overrides={"eval.classifier_path": str(clf), "eval.baseline_split": "train"}),
+      name="lrs")
+  root = tmp_path / "runs"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+             WANDB_SILENT="true",
+             PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+  cmd = [sys.executable, "-m", "diffusion.sweep", folder, "--root", str(root), "--parallel", "2"]
+  first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  logs = {p.name: p.read_text() for p in (root / "logs").iterdir()}
+  assert first.returncode == 0, first.stderr[-3000:] + "".join(logs.values())[-3000:]
+  assert sorted(logs) == ["lr1.eval.log", "lr1.train.log", "lr2.eval.log", "lr2.train.log"]
+  assert "all 2 runs done" in first.stdout
+  again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0 and "2 already done" in again.stdout, again.stderr
+  assert {p.name: p.read_text() for p in (root / "logs").iterdir()} == logs  # Nothing started.
+
+  assert compare.main([folder, "--root", str(root)]) == 0
+  md = (pathlib.Path(folder) / "report.md").read_text()
+  for name in ("lr1", "lr2"):
+    copies = pathlib.Path(folder) / "runs" / name
+    metrics = [json.loads(line) for line in (copies / "metrics.jsonl").read_text().splitlines()]
+    results = json.loads((copies / "results.json").read_text())
+    assert results == json.loads((root / name / "eval" / "results.json").read_text())
+    loss = sum(m["loss"] for m in metrics[-5:]) / len(metrics[-5:])
+    fid = next(r["fid"] for r in results["rounds"] if r["spec"] == "ddim:steps=4,eta=0")
+    assert f"| {name} | 1 | {loss:.4f} | {fid:.2f} |" in md, md
+    runs = [_run_contents(d)[2] for d in _run_dirs(str(root / name))]
+    assert sorted(r.job_type for r in runs) == ["eval", "train"]
+    assert all((r.run_group, r.display_name) == ("lrs", name) for r in runs)
+    assert all(list(r.tags) == ["study:lrs"] + (["lr=0.002"] if name == "lr2" else [])
+               for r in runs)
+  assert "How noisy: the `data:train` row" in md
+  for png in ("loss.png", "fid_vs_nfe.png"):
+    assert (pathlib.Path(folder) / png).stat().st_size > 1000
