@@ -1,5 +1,6 @@
 """The repository keeps its promises: CI runs the README's test command, and the
 README's example is the file in examples/ and produces the numbers it claims."""
+import json
 import os
 import pathlib
 import re
@@ -39,3 +40,18 @@ def test_readme_example_is_examples_file_and_is_right():
   # Binomial SE for n = 2000 at p = 0.4: sqrt(0.24 / 2000) = 0.011; 3 SE = 0.033.
   for f in fractions:
     assert abs(f - 0.4) < 0.033, out
+
+
+def test_readme_formulations_table_is_the_file_the_code_wrote():
+  """The README's DDPM / VDM / EDM table is `python -m diffusion.figures --results`'s
+  fid_vs_nfe.md, line for line, and the numbers there are the results.json ones."""
+  readme = (ROOT / "README.md").read_text()
+  md = (ROOT / "docs" / "mnist_formulations" / "fid_vs_nfe.md").read_text()
+  pivot = md.split("\n\n")[0].strip().splitlines()
+  assert len(pivot) == 2 + 20 + 2 and "\n".join(pivot) in readme
+  for name, column in (("ddpm", 2), ("vdm", 3), ("edm", 4)):
+    results = json.loads((ROOT / "docs" / "mnist_formulations" / name / "results.json").read_text())
+    fid = {r["spec"]: r["fid"] for r in results["rounds"]}
+    for line in pivot[2:-2]:
+      spec, cell = line.split("|")[1].strip().strip("`"), line.split("|")[column + 1].strip()
+      assert cell == (f"{fid[spec]:.1f}" if spec in fid else "-"), (name, spec)

@@ -229,3 +229,8 @@ def test_fid_vs_nfe_plot_and_table_compare_several_models(tmp_path):
   assert sum(line.startswith("| b | `") for line in md) == 11
   assert "| b | `ddim:steps=10,eta=0` | 10 | 86.56 |" in "\n".join(md)
   assert md[-1].startswith("- b, step 3000: bits/dim 2.500 ± 0.100 (standard error of 64 test")
+  pivot = tables.pivot_markdown({"a": table, "b": other}).splitlines()
+  assert pivot[0] == "| sampler | NFE | FID a | FID b |" and len(pivot) == 2 + 11 + 2
+  assert pivot[2] == "| `ddim:steps=10,eta=0` | 10 | 85.6 | 86.6 |"
+  assert pivot[-2] == "| `data:test` (real images: the floor) | - | 30.6 | 30.6 |"
+  assert pivot[-1].endswith("| 1.617 ± 0.039 (ddpm_vlb) | 2.500 ± 0.100 (ddpm_vlb) |")

@@ -19,7 +19,8 @@ Writes under ``--out``:
   (`viz.images.metric_vs_nfe_plot`);
 - with ``--results LABEL=FILE,LABEL=FILE,...`` (several models, e.g. one per
   formulation): ``fid_vs_nfe.png`` with a line per (model, sampler family) and
-  ``fid_vs_nfe.md``, their rows in one table with each model's bits/dim
+  ``fid_vs_nfe.md``: FID side by side, a column per model (`viz.tables.pivot_markdown`),
+  then every row with KID and IS and each model's bits/dim
   (`viz.tables.comparison_markdown`).
 
 `--config` takes ``file.py`` or ``file.py:variant`` and ``--config.a.b=v``
@@ -186,7 +187,8 @@ def main(argv=None) -> None:
           title=f"{about}, step {'/'.join(map(str, steps))}", figsize=(10.0, 5.0))
       md = os.path.join(args.out, "fid_vs_nfe.md")
       with open(md, "w") as f:
-        f.write(tables.comparison_markdown(results_tables))
+        f.write(tables.pivot_markdown(results_tables) + "\n" +
+                tables.comparison_markdown(results_tables))
       print(f"wrote {md}")
     print(f"wrote {path} (from {', '.join(results.values())})")
 

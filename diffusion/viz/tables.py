@@ -38,3 +38,35 @@ def comparison_markdown(tables: dict) -> str:
         f"(standard error of {b['num_images']} {b['split']} images; {b['description']})"
         if b else "no bits/dim"))
   return "\n".join(lines) + "\n"
+
+
+def pivot_markdown(tables: dict, metric: str = "fid") -> str:
+  """The same results side by side: a row per sampler spec (in order of first
+  appearance), a column per label holding its `metric` ("-" where that model did not
+  run the spec), the NFE, and last rows for the data floor and bits/dim."""
+  specs, nfe = [], {}
+  for t in tables.values():
+    for r in t["rounds"]:
+      if r["method"] != "data" and r["spec"] not in nfe:
+        specs.append(r["spec"])
+        nfe[r["spec"]] = r["nfe"] if r["nfe"] is not None else "adaptive"
+  labels = list(tables)
+  name = metric.upper() if metric in ("fid", "kid") else metric
+  lines = ["| sampler | NFE | " + " | ".join(f"{name} {lb}" for lb in labels) + " |",
+           "|---|---|" + "---|" * len(labels)]
+  values = {lb: {r["spec"]: r.get(metric) for r in t["rounds"]} for lb, t in tables.items()}
+  for spec in specs:
+    cells = [fmt(values[lb].get(spec), digits=1) for lb in labels]
+    lines.append(f"| `{spec}` | {nfe[spec]} | " + " | ".join(cells) + " |")
+  data = [{r["spec"]: r.get(metric) for r in t["rounds"] if r["method"] == "data"}
+          for t in tables.values()]
+  for spec in dict.fromkeys(k for d in data for k in d):
+    cells = [fmt(d.get(spec), digits=1) for d in data]
+    lines.append(f"| `{spec}` (real images: the floor) | - | " + " | ".join(cells) + " |")
+  bpd = []
+  for t in tables.values():
+    b = t.get("bpd")
+    bpd.append(f"{b['bits_per_dim']:.3f} ± {b['std'] / max(b['num_images'], 1) ** 0.5:.3f} "
+               f"({b['method']})" if b else "-")
+  lines.append("| bits/dim ± standard error | - | " + " | ".join(bpd) + " |")
+  return "\n".join(lines) + "\n"
