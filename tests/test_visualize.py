@@ -183,7 +183,9 @@ def test_figures_end_to_end(tmp_path, capsys):
     assert e.value.code == 2 and text in err and err.count("\n") == 1, err
   figures.main(["--config", config, "--out", str(out / "cmp"), "--results", f"x={res},y={res}"])
   md = (out / "cmp" / "fid_vs_nfe.md").read_text()
-  assert md.count("| x | `") == md.count("| y | `") == 11 and md.count("`data:test`") == 1
+  # The side-by-side FID table, then every row once per model and the shared data row once.
+  assert md.startswith("| sampler | NFE | FID x | FID y |\n")
+  assert md.count("| x | `") == md.count("| y | `") == 11 and md.count("| data | `data:test`") == 1
   with Image.open(out / "nearest_neighbours.png") as im:  # 8x8 tiles upscaled x4
     assert im.size == (3 * (32 + PAD) + PAD, 3 * (32 + PAD) + PAD)
 
