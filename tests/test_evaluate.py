@@ -1,6 +1,8 @@
 """Sample-quality metrics against closed forms."""
 import math
 
+import os
+
 import numpy as np
 import pytest
 import scipy.linalg
@@ -122,3 +124,34 @@ def test_reference_statistics_cover_the_whole_split(tmp_path):
   assert stats.count == 1797 and len(kept) == min(1797, config.eval.kept_features)
   np.testing.assert_allclose(stats.mean, pixels.mean(0), rtol=1e-12, atol=1e-12)
   np.testing.assert_allclose(stats.cov, np.cov(pixels, rowvar=False), rtol=1e-10, atol=1e-12)
+
+
+def test_reference_statistics_are_computed_once_per_dataset(tmp_path, monkeypatch):
+  """Two workdirs of one dataset and extractor (a study's runs): the first computes
+  the statistics and shares them under $DIFFUSION_DATA/reference/, the second copies
+  them without extracting a feature, the same numbers; another image count is
+  another file, computed again."""
+  from configs import smoke
+  from diffusion.eval import features
+  monkeypatch.setenv("DIFFUSION_DATA", str(tmp_path / "data"))
+  config = smoke.get_config()
+  config.data.batch_size, config.eval.reference_num, config.eval.features = 16, 100, "classifier"
+  config.eval.classifier_path = str(tmp_path / "none")
+  calls = []
+  def extract(x):
+    calls.append(len(x))
+    return np.asarray(x).reshape(len(x), -1)[:, :4].astype(np.float64), None
+  first, kept = features.reference_stats(config, str(tmp_path / "a"), extract)
+  shared = features.shared_reference_path(config)
+  assert sum(calls) == 112 and os.path.isfile(shared)  # 7 batches of 16 read for 100 images
+  assert os.path.isfile(features.mu_sigma_path(shared))
+  calls.clear()
+  second, kept2 = features.reference_stats(config, str(tmp_path / "b"), extract)
+  assert calls == [] and (tmp_path / "b" / "eval" / "reference_classifier_train.npz").is_file()
+  np.testing.assert_array_equal(second.mean, first.mean)
+  np.testing.assert_array_equal(second.cov, first.cov)
+  np.testing.assert_array_equal(kept2, kept)
+  config.eval.reference_num = 50
+  assert features.shared_reference_path(config) != shared
+  features.reference_stats(config, str(tmp_path / "c"), extract)
+  assert sum(calls) == 64

@@ -15,7 +15,7 @@ from diffusion.dist import placement
 from diffusion.eval import classifier as classify
 from diffusion.eval import metrics
 from diffusion.run import console
-from diffusion.run.workdir import Workdir, load_npz, save_npz
+from diffusion.run.workdir import Workdir, is_local, load_npz, save_npz
 
 FEATURES = experiment.CHOICES["eval.features"]  # ("classifier", "inception")
 
@@ -128,11 +128,62 @@ def mu_sigma_path(path) -> epath.Path:
   return path.with_name(path.name[:-len(".npz")] + ".mu_sigma.npz")
 
 
+def shared_reference_path(config) -> str:
+  """Where the default reference statistics are shared by every workdir of a dataset
+  (a study's runs compute them once): ``<data_home>/reference/<name>-<hash>.npz``,
+  the hash of what they depend on: the data (source, name, folder, size, channels,
+  crop), the split, the image count, the kept features, the seed (the reading
+  order) and the extractor, its weights' file included (a retrained classifier at
+  the same path is another extractor)."""
+  import hashlib  # pylint: disable=g-import-not-at-top
+  from diffusion.data import prepare  # pylint: disable=g-import-not-at-top
+  d, e = config.data, config.eval
+  weights = (os.path.join(e.classifier_path, "classifier.json") if e.features == "classifier"
+             else e.inception_weights)
+  stamp = ""
+  if weights and os.path.isfile(weights):
+    st = os.stat(weights)
+    stamp = f"{st.st_size}:{st.st_mtime_ns}"
+  key = "|".join(str(v) for v in (
+      d.source, d.name, os.path.abspath(d.data_dir) if d.data_dir else "", d.image_size,
+      d.channels, d.crop, e.reference_split, e.reference_num, e.kept_features, config.seed,
+      extractor_id(e), stamp))
+  digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+  return os.path.join(prepare.data_home(), "reference",
+                      f"{d.name or d.source}-{e.features}-{e.reference_split}-{digest}.npz")
+
+
+def _share(src, dst) -> None:
+  """Copies the statistics `src` (and its mu / sigma file) to `dst` through a
+  temporary name and a rename, so a reader sees all of a file or none of it."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  import uuid  # pylint: disable=g-import-not-at-top
+  for a, b in ((src, dst), (mu_sigma_path(src), mu_sigma_path(dst))):
+    a, b = os.fspath(a), os.fspath(b)
+    os.makedirs(os.path.dirname(b), exist_ok=True)
+    tmp = f"{b}.partial-{uuid.uuid4().hex[:8]}"
+    shutil.copyfile(a, tmp)
+    os.replace(tmp, b)
+
+
 def reference_stats(config, workdir: str, extract):
-  """``(FeatureStats, kept features)`` of the reference split; cached (see module doc)."""
+  """``(FeatureStats, kept features)`` of the reference split; cached (see module doc).
+
+  With ``eval.reference_stats`` unset, the workdir's ``eval/reference_*.npz`` is used
+  when present; otherwise a copy of the dataset's shared statistics
+  (`shared_reference_path`) when another workdir computed them; otherwise they are
+  computed, written to the workdir and shared (a single process only; the processes
+  of a multi-host run compute their workdir's own)."""
   e = config.eval
   path = (epath.Path(e.reference_stats) if e.reference_stats
           else Workdir(workdir).reference_stats(e.features, e.reference_split))
+  # One process only: the hosts of a pod may not share a data_home, and a file one of
+  # them holds but not the others would split their paths.
+  shared = (shared_reference_path(config) if not e.reference_stats and is_local(workdir)
+            and jax.process_count() == 1 else None)
+  if shared is not None and not path.exists() and os.path.exists(shared):
+    _share(shared, path)
+    console.echo(f"reference statistics: the dataset's shared ones ({shared}), copied to {path}")
   if cluster.same_on_all_processes(path.exists(), path):
     arrays = load_npz(path)
     if metrics.is_mu_sigma(arrays):  # Published statistics: FID only (no kept features).
@@ -166,6 +217,8 @@ def reference_stats(config, workdir: str, extract):
   if jax.process_index() == 0:
     save_npz(path, **stats.to_arrays(), features=kept, extractor=extractor_id(e))
     save_npz(mu_sigma_path(path), **stats.to_mu_sigma())
+    if shared is not None and is_local(path):
+      _share(path, shared)
   console.echo(f"reference statistics of {n} {e.reference_split} images -> {path} (and "
                f"mu / sigma for other FID tools: {mu_sigma_path(path)})")
   return stats, kept

@@ -25,7 +25,9 @@ padded and cut), clips them to [-1, 1] and extracts features and logits
 Reference statistics come from every image of ``eval.reference_split`` (or its
 first ``eval.reference_num`` images), not dequantised, cached in
 ``eval.reference_stats`` (default ``workdir/eval/reference_<features>_<split>.npz``)
-with the first ``kept_features`` feature vectors. Bits/dim (``eval.bpd``) is
+with the first ``kept_features`` feature vectors; the default ones are shared by
+every workdir of the dataset (``$DIFFUSION_DATA/reference/``,
+`features.shared_reference_path`), so the runs of a study compute them once. Bits/dim (``eval.bpd``) is
 computed once per model on ``eval.bpd_num`` images of ``eval.bpd_split``:
 a discrete model gets DDPM's variational bound (`likelihood.ddpm_vlb`, total)
 on the K-level data itself, no dequantisation noise, the discretised Gaussian
