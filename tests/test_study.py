@@ -16,7 +16,7 @@ import pytest
 
 from diffusion import sweep
 from diffusion.run import cli
-from diffusion.study import definition, runner
+from diffusion.study import definition, report, runner
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 GOOD = dict(base="configs/smoke.py", overrides={"train.num_steps": 4},
@@ -180,3 +180,44 @@ def test_two_variant_study_runs_resumes_and_reports_its_own_numbers(tmp_path):
   assert "How noisy: the `data:train` row" in md
   for png in ("loss.png", "fid_vs_nfe.png"):
     assert (pathlib.Path(folder) / png).stat().st_size > 1000
+
+
+def test_report_averages_seeds_and_tables_every_sampler(tmp_path):
+  """The report from runs' files written here: two variants at two seeds and five
+  eval specs. Each variant's row is the mean over its seeds ± their standard
+  deviation (ddof 1); the final loss is the mean of the last 5 logged rows; with more
+  specs than the main table's columns, a per-sampler table lists every run's FID."""
+  specs = [f"ddim:steps={n},eta=0" for n in (2, 3, 4, 5, 6)]
+  folder = _study(tmp_path, dict(base="configs/smoke.py", grid={"optim.lr": [1e-3, 2e-3]},
+                                 seeds=[0, 1], eval_specs=specs), name="rep")
+  study = definition.load(folder)
+  fids = {}
+  for i, run in enumerate(study.runs):
+    out = pathlib.Path(folder) / "runs" / run.run
+    out.mkdir(parents=True)
+    rows = [{"step": 2 * k, "loss": 1.0 + i + k, "steps_per_sec": 2.0} for k in range(1, 7)]
+    (out / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rounds = [{"spec": "data:train", "method": "data", "nfe": 0, "fid": 1.5, "kid": 0.0,
+               "kid_std": 0.25, "inception_score": 9.0, "samples_per_s": None}]
+    for j, spec in enumerate(specs):
+      fids[run.run, spec] = 10.0 * (i + 1) + j
+      rounds.append({"spec": spec, "method": "ddim", "nfe": j + 2, "fid": fids[run.run, spec],
+                     "kid": 0.5 * i, "kid_std": 0.1, "inception_score": 5.0,
+                     "samples_per_s": 100.0})
+    (out / "results.json").write_text(json.dumps(
+        {"step": 12, "features": "classifier:x", "num_samples": 64, "rounds": rounds,
+         "bpd": {"bits_per_dim": 2.0 + i, "std": 0.5, "num_images": 4, "split": "train",
+                 "method": "ddpm_vlb", "description": "d"}}))
+  md = (pathlib.Path(report.write(study, "cmd"))).read_text()
+  # Runs in order lr1e-3 seed0 (i=0), seed1 (i=1); lr2e-3 seed0 (i=2), seed1 (i=3).
+  # Final loss of run i: mean of its rows 2..6 = 1 + i + 4; over seeds i, i+1: 5.5 + i,
+  # std of (5 + i, 6 + i) = sqrt(0.5) = 0.7071. FID of the first spec: 10 (i+1): 15 ± 7.07.
+  assert "| lr=0.001 | 2 | 5.5000 ± 0.7071 | 15.00 ± 7.07 | 16.00 ± 7.07 |" in md, md
+  assert "| lr=0.002 | 2 | 7.5000 ± 0.7071 | 35.00 ± 7.07 |" in md
+  # KID (0, 0.5): 0.25 ± 0.35; IS; bits/dim (2, 3); samples/s; 12 steps at 2 per s = 0.1 min.
+  assert "| 0.25 ± 0.35 | 5.00 ± 0.00 | 2.500 ± 0.707 | 100.0 ± 0.0 | 0.1 ± 0.0 |" in md
+  pivot = [line for line in md.splitlines() if line.startswith("| `ddim:steps=6,eta=0` |")]
+  assert pivot == ["| `ddim:steps=6,eta=0` | 6 | 14.0 | 24.0 | 34.0 | 44.0 |"]
+  assert "has FID 1.50, KID 0.00 ± 0.25" in md
+  for png in ("loss.png", "fid_vs_nfe.png", "fid_vs_key.png"):
+    assert (pathlib.Path(folder) / png).is_file()

@@ -14,7 +14,9 @@ import shutil
 import numpy as np
 
 from diffusion.study import definition, runner
+from diffusion.viz import tables
 
+MAX_COLUMNS = 4  # FID columns in the main table; with more eval specs, a table per sampler.
 COPIED = (("metrics.jsonl", "metrics.jsonl"), ("eval/results.json", "results.json"),
           ("config.json", "config.json"))
 
@@ -96,6 +98,7 @@ def table(study) -> tuple[list[str], dict]:
   if not specs:  # The base config's own specs: those of the first run's results.
     first = next((d["results"] for ds in by_variant.values() for d in ds if d["results"]), None)
     specs = [r["spec"] for r in (first or {}).get("rounds", ()) if r["method"] != "data"]
+  specs = specs[:MAX_COLUMNS]  # More: the per-sampler table of `write`.
   head = (["variant", "seeds", "final loss"] + [f"FID `{s}`" for s in specs]
           + [f"KID `{specs[0]}`" if specs else "KID", "IS", "bits/dim", "samples/s",
              "train time (min)"])
@@ -203,6 +206,12 @@ def write(study, command: str) -> str:
           + ". Reproduce the runs with `python -m diffusion.sweep "
           f"{os.path.relpath(folder, definition.ROOT)}` (their commands: add `--print`).", ""]
   out += lines + [""]
+  every = {r.run: _read(study, r)["results"] for r in study.runs}
+  every = {k: v for k, v in every.items() if v}
+  n_specs = len({r["spec"] for t in every.values() for r in t["rounds"] if r["method"] != "data"})
+  if every and n_specs > MAX_COLUMNS:
+    out += ["FID of every sampler (rows) and run (columns), with the data floor and bits/dim:",
+            "", tables.pivot_markdown(every).rstrip(), ""]
   if results is not None:
     out += [f"FID / KID / IS from {results['num_samples']} samples per sampler "
             f"({results['features'].split(':')[0]} features); final loss is the mean of the "
@@ -218,10 +227,9 @@ def write(study, command: str) -> str:
   path = os.path.join(folder, "loss.png")
   loss_plot(study, path)
   plots.append(("loss.png", "training loss of every run"))
-  tables = {r.run: _read(study, r)["results"] for r in study.runs}
-  tables = {k: v["rounds"] for k, v in tables.items() if v}
-  if tables:
-    images.metric_vs_nfe_plot(os.path.join(folder, "fid_vs_nfe.png"), tables, "fid",
+  if every:
+    images.metric_vs_nfe_plot(os.path.join(folder, "fid_vs_nfe.png"),
+                              {k: v["rounds"] for k, v in every.items()}, "fid",
                               figsize=(10.0, 5.0),
                               title=f"study {study.name}: FID against sampling cost")
     plots.append(("fid_vs_nfe.png", "FID against network evaluations, every run and sampler"))
