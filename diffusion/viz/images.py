@@ -299,9 +299,10 @@ def metric_vs_nfe_plot(path: str, rounds, metric: str = "fid", title: str | None
   for key, points in lines.items():
     points.sort()
     i, family = style[key]
-    ax.plot(*zip(*points), marker=markers[i % len(markers)],
-            linestyle=linestyles[i % len(linestyles)],
-            color=f"C{families.index(family) % 10}", label=key)
+    f = families.index(family)  # Past 10 families the colours repeat: other markers.
+    ax.plot(*zip(*points), marker=(markers if f < 10 else "x*+PX")[i % len(markers)],
+            linestyle=linestyles[i % len(linestyles)], color=f"C{f % 10}", label=key,
+            markersize=6 if f < 10 else 8)
   for (spec, value), owners in floors.items():
     who = "" if None in owners or len(owners) == len(tables) else f" ({', '.join(owners)})"
     ax.axhline(value, color="gray", linestyle="--", label=f"{spec}{who} (floor at this N)")
