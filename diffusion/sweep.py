@@ -33,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument("--wandb_sweep", default=None, metavar="FILE",
                  help="write a wandb sweep file that drives the same runs and exit")
   p.add_argument("--run", action="append", default=[], metavar="NAME",
-                 help="run only this run (repeatable; what a wandb agent passes)")
+                 help="run only this run (repeatable); a wandb agent passes the run's "
+                 "--config.<key>=<value> flags instead")
   return p
 
 
@@ -41,7 +42,9 @@ def main(argv=None) -> int:
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   parser = _parser()
   parser.error = lambda message: _fail(message)  # One line, exit 2.
-  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+  argv = list(sys.argv[1:] if argv is None else argv)
+  agent_flags = [a for a in argv if a.startswith("--config.")]  # From a wandb agent.
+  args = parser.parse_args([a for a in argv if a not in agent_flags])
   if args.parallel < 1:
     _fail(f"--parallel={args.parallel} must be >= 1")
   from diffusion.study import definition, runner  # pylint: disable=g-import-not-at-top
@@ -51,6 +54,11 @@ def main(argv=None) -> int:
     _fail(str(e))
   root = args.root or runner.default_root(study)
   names = [r.run for r in study.runs]
+  if agent_flags:
+    try:
+      args.run.append(runner.run_of_flags(study, agent_flags).run)
+    except ValueError as e:
+      _fail(str(e))
   for name in args.run:
     if name not in names:
       _fail(f"--run={name!r} is not a run of study {study.name}; its runs: {', '.join(names)}")

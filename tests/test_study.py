@@ -109,11 +109,19 @@ def test_grid_runs_names_and_commands_round_trip_through_main_flags(tmp_path, ca
   assert sweep.main([str(tmp_path / "s"), "--print", "--root", "R"]) == 0
   lines = capsys.readouterr().out.splitlines()
   assert len(lines) == 8 and all(" && " in line and "--mode eval" in line for line in lines)
-  # The wandb sweep file: a grid over the run names, each agent call one run.
+  # The wandb sweep file: a grid over the varied keys and the seed, as config flags;
+  # an agent's --config.<key>=<value> flags map back to the study's run.
   out = tmp_path / "sweep.yaml"
   assert sweep.main([str(tmp_path / "s"), "--wandb_sweep", str(out), "--root", "R"]) == 0
   text = out.read_text()
-  assert text.count('      - "schedule=') == 8 and "  - diffusion.sweep\n" in text
+  assert ('  config.diffusion.schedule:\n    values:\n      - "linear"\n      - "cosine"\n'
+          '  config.optim.lr:\n    values:\n      - 0.001\n      - 0.002\n'
+          '  config.seed:\n    values:\n      - 0\n      - 1\n') in text
+  assert "  - diffusion.sweep\n" in text and text.endswith("  - ${args}\n")
+  flags = ["--config.diffusion.schedule=cosine", "--config.optim.lr=0.002", "--config.seed=1"]
+  assert runner.run_of_flags(study, flags) is run
+  with pytest.raises(ValueError, match="no run of study s has --config.diffusion.schedule=cosine --config.optim.lr=0.5 "):
+    runner.run_of_flags(study, flags[:1] + ["--config.optim.lr=0.5", flags[2]])
   with pytest.raises(SystemExit):  # Never overwritten.
     sweep.main([str(tmp_path / "s"), "--wandb_sweep", str(out)])
 

@@ -201,17 +201,27 @@ def run(study, root: str, parallel: int = 1, only: tuple = (), python: str = sys
 
 
 def wandb_sweep_yaml(study, root: str) -> str:
-  """A wandb sweep file driving the same runs: a grid over the run names, each agent
-  call running ``python -m diffusion.sweep FOLDER --root ROOT --run=<name>`` (train
-  then eval, in the run's own workdir)."""
-  names = "\n".join(f"      - {json.dumps(r.run)}" for r in study.runs)
+  """A wandb sweep file driving the same runs. Its parameters are the varied config
+  keys (``config.<key>``, the values of the grid or of the variants, and ``config.seed``
+  with several seeds), so an agent calls ``python -m diffusion.sweep FOLDER --root ROOT
+  --config.<key>=<value> ...``; `run_of_flags` maps those flags back to the study's
+  run, which trains and then evaluates in its own workdir. The grid holds exactly the
+  study's runs only for grid studies; for named variants the parameter is ``run``."""
+  keys = list(study.varied_keys) + (["seed"] if len({r.seed for r in study.runs}) > 1 else [])
+  grid = all(set(r.varied) == set(study.varied_keys) for r in study.runs) and keys
+  lines = []
+  if grid:
+    for key in keys:
+      values = list(dict.fromkeys(r.seed if key == "seed" else r.varied[key] for r in study.runs))
+      lines += [f"  config.{key}:", "    values:"] + [f"      - {json.dumps(v)}" for v in values]
+  else:
+    lines += ["  run:", "    values:"] + [f"      - {json.dumps(r.run)}" for r in study.runs]
+  body = "\n".join(lines)
   return (f"# wandb sweep {os.path.join(study.folder, 'sweep.yaml')}; then wandb agent <id>\n"
           f"name: {json.dumps(study.name)}\n"
           "method: grid\n"
           "parameters:\n"
-          "  run:\n"
-          "    values:\n"
-          f"{names}\n"
+          f"{body}\n"
           "command:\n"
           "  - ${env}\n"
           "  - ${interpreter}\n"
@@ -221,3 +231,21 @@ def wandb_sweep_yaml(study, root: str) -> str:
           "  - --root\n"
           f"  - {json.dumps(root)}\n"
           "  - ${args}\n")
+
+
+def run_of_flags(study, flags: list[str]):
+  """The run of `study` whose varied keys (and seed) have the values of the
+  ``--config.<key>=<value>`` flags a wandb agent passes; ValueError naming the flags
+  when no run matches."""
+  given = {}
+  for flag in flags:
+    key, _, value = flag[len("--config."):].partition("=")
+    given[key] = value
+  for run in study.runs:
+    values = dict(run.varied, seed=run.seed)
+    if set(given) <= set(values) and all(definition.flag_value(values[k]) == v or
+                                         str(values[k]) == v for k, v in given.items()):
+      if len(given) == len(set(run.varied) | ({"seed"} if "seed" in given else set())):
+        return run
+  raise ValueError(f"no run of study {study.name} has {' '.join(flags)} (its runs: "
+                   f"{', '.join(r.run for r in study.runs)})")
