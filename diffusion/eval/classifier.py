@@ -82,7 +82,9 @@ def save(path: str, model: Classifier, params, info: dict, keep_existing: bool =
   import uuid  # pylint: disable=g-import-not-at-top
   path = os.path.abspath(path)
   done = os.path.join(path, "classifier.json")
-  if os.path.exists(done) and not keep_existing:
+  if os.path.exists(done) and keep_existing:
+    return
+  if os.path.exists(done):
     raise FileExistsError(f"{path} already holds a classifier (classifier.json); not "
                           "overwriting it: give another folder")
   os.makedirs(os.path.dirname(path), exist_ok=True)

@@ -144,19 +144,10 @@ def set_key(config, key: str, value, study: str, entry: str) -> None:
                         f"holds a {type(old).__name__} ({old!r})")
   if isinstance(old, float) and type(value) is int:
     value = float(value)
-  try:
-    with config.unlocked() if hasattr(config, "unlocked") else _nothing():
-      node[parts[-1]] = value
+  try:  # An existing key: a locked config takes it.
+    node[parts[-1]] = value
   except Exception as e:  # pylint: disable=broad-except
     _fail(study, entry, f"config.{key}={value!r}: {checks.why(e)}")
-
-
-class _nothing:
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *_):
-    return False
 
 
 def _mapping(value, study: str, entry: str) -> dict:
