@@ -71,7 +71,7 @@ def mixture_sample_errors(x, mix: Mixture, var_allowance=None) -> list[str]:
   k = np.argmin(((x[:, None] - mix.means[None]) ** 2).sum(-1), axis=1)
   w = np.bincount(k, minlength=len(mix.weights)) / n
   se_w = np.sqrt(mix.weights * (1 - mix.weights) / n)
-  if not np.all(np.abs(w - mix.weights) < 3 * se_w):
+  if not np.all(np.abs(w - mix.weights) <= 3 * se_w):  # <=: one component has SE 0.
     errors.append(f"weights {w} vs {mix.weights} (3 SE = {3 * se_w})")
   true_mean = mix.weights @ mix.means
   true_var = mix.weights @ (mix.means**2 + mix.stds[:, None] ** 2) - true_mean**2

@@ -47,8 +47,57 @@ Net = Callable[[jax.Array, jax.Array, Any], jax.Array]
 _b = schedules.broadcast_to
 
 
+class Views:
+  """The samplers' callables of anything with ``process``, ``eps``, ``x0`` and ``score``
+  (a `Denoiser`, or a guided denoiser of `core.guidance` that wraps one)."""
+
+  def eps_fn(self) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """``eps_fn(x, t)`` for the discrete samplers (``t`` int32 ``[B]``)."""
+    return self.eps
+
+  def score_fn(self, sde=None) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """``score_fn(x, t float32 [B])`` for the continuous samplers running on `sde`.
+
+    For a continuous-time model `sde` is its own process (the default). A
+    discrete model on the SDE its schedule is a grid over
+    (`processes.sde_of`) is asked at the nearest step ``round(t T - 1)``, and
+    its score is ``-eps / sqrt(1 - alpha_bar)`` of that step.
+    """
+    if not processes.is_discrete(self.process):
+      return self.score
+    sched = self.process
+
+    def score_fn(x, t):
+      t_int = sched.step_at(t)
+      return -self.eps(x, t_int) / _b(sched.sigma(t_int), x)
+
+    return score_fn
+
+  def sigma_fn(self) -> Callable[[jax.Array, jax.Array], jax.Array]:
+    """``D(x~, sigma~ float32 [B]) -> x0`` for the samplers of `samplers.sigma`.
+
+    The network is asked at ``t = processes.time_at_sigma(process, sigma~)`` on
+    ``x = alpha(t) x~``. A continuous process inverts exactly, so this is
+    `x0`. A discrete schedule is asked at its nearest step, with ``alpha = 1 /
+    sqrt(1 + sigma~^2)`` (exact for VP) and ``x0 = x~ - sigma~ eps``
+    (k-diffusion's discrete-model wrapper): on the model's own noise levels (the
+    "time" grid) this is exact too.
+    """
+    proc = self.process
+    discrete = processes.is_discrete(proc)
+
+    def denoise(x, s):
+      t = processes.time_at_sigma(proc, s)
+      if discrete:
+        return x - _b(s, x) * self.eps(_b(jax.lax.rsqrt(1.0 + s**2), x) * x, t)
+      return self.x0(_b(proc.alpha(t), x) * x, t)
+
+    return denoise
+
+
+
 @dataclasses.dataclass(frozen=True)
-class Denoiser:
+class Denoiser(Views):
   """A network of a parameterization under a noise process (module docstring).
 
   Attributes:
@@ -119,47 +168,3 @@ class Denoiser:
     if self.prediction == "score":
       return self.output(x, t)
     return -self.eps(x, t) / _b(self.coeffs(t)[1], x)
-
-  def eps_fn(self) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """``eps_fn(x, t)`` for the discrete samplers (``t`` int32 ``[B]``)."""
-    return self.eps
-
-  def score_fn(self, sde=None) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """``score_fn(x, t float32 [B])`` for the continuous samplers running on `sde`.
-
-    For a continuous-time model `sde` is its own process (the default). A
-    discrete model on the SDE its schedule is a grid over
-    (`processes.sde_of`) is asked at the nearest step ``round(t T - 1)``, and
-    its score is ``-eps / sqrt(1 - alpha_bar)`` of that step.
-    """
-    if not processes.is_discrete(self.process):
-      return self.score
-    sched = self.process
-
-    def score_fn(x, t):
-      t_int = sched.step_at(t)
-      return -self.eps(x, t_int) / _b(sched.sigma(t_int), x)
-
-    return score_fn
-
-  def sigma_fn(self) -> Callable[[jax.Array, jax.Array], jax.Array]:
-    """``D(x~, sigma~ float32 [B]) -> x0`` for the samplers of `samplers.sigma`.
-
-    The network is asked at ``t = processes.time_at_sigma(process, sigma~)`` on
-    ``x = alpha(t) x~``. A continuous process inverts exactly, so this is
-    `x0`. A discrete schedule is asked at its nearest step, with ``alpha = 1 /
-    sqrt(1 + sigma~^2)`` (exact for VP) and ``x0 = x~ - sigma~ eps``
-    (k-diffusion's discrete-model wrapper): on the model's own noise levels (the
-    "time" grid) this is exact too.
-    """
-    proc = self.process
-    discrete = processes.is_discrete(proc)
-
-    def denoise(x, s):
-      t = processes.time_at_sigma(proc, s)
-      if discrete:
-        return x - _b(s, x) * self.eps(_b(jax.lax.rsqrt(1.0 + s**2), x) * x, t)
-      return self.x0(_b(proc.alpha(t), x) * x, t)
-
-    return denoise
-
