@@ -168,6 +168,42 @@ def get_config(arg=None):
   # input channels; () = off. VDM's CIFAR-10 uses (7, 8).
   model.input_fourier = ()
   model.num_classes = config_dict.placeholder(int)  # None: unconditional; else labels 0..n-1.
+  # Text models (text.encoder != "none"): transformer blocks (self-attention,
+  # cross-attention to the text tokens, feed-forward) per attention resolution.
+  model.transformer_depth = 1
+
+  # ------------------------------------------------------------------ cond
+  # Conditioning: class labels (model.num_classes) or text (the text section).
+  config.cond = cond = ml_collections.ConfigDict()
+  # Classifier-free guidance training (Ho & Salimans 2022): the fraction of
+  # examples whose condition is replaced by the null one (the null label
+  # num_classes, or the empty prompt), so the one network is also unconditional.
+  # 0 = never (then config.sample.guidance must stay 1). Typical: 0.1.
+  cond.p_uncond = 0.0
+
+  # ------------------------------------------------------------------ text
+  # Text conditioning: captions -> tokenizer -> text encoder -> token embeddings
+  # [B, L, width] -> the UNet's cross-attention (with the padding mask).
+  config.text = text = ml_collections.ConfigDict()
+  # "none" | "trained" (a CLIP-style causal Transformer trained with the model) |
+  # "clip" (a frozen pretrained CLIP text encoder: clip_weights, vocab_file, merges_file).
+  text.encoder = "none"
+  # Where captions come from: "attributes" (digits / MNIST: the label and the stroke
+  # thickness, slant and size measured on each image, diffusion.data.captions) |
+  # "files" (image folders: a .txt beside each image, or a captions.jsonl).
+  text.captions = "attributes"
+  text.max_length = 16  # Tokens per caption (bos + words + eos, padded).
+  # encoder="trained": the word vocabulary's size (specials + the most frequent words of
+  # the training captions; the rest read as <unk>).
+  text.vocab_size = 1000
+  text.width = 64  # encoder="trained": width D of the token embeddings ...
+  text.num_layers = 2  # ... Transformer layers ...
+  text.num_heads = 4  # ... and attention heads.
+  # encoder="clip": the .npz of `python -m diffusion.models.text_encoder --convert`
+  # and CLIP's BPE files (vocab.json, merges.txt).
+  text.clip_weights = ""
+  text.vocab_file = ""
+  text.merges_file = ""
 
   # ------------------------------------------------------------- diffusion
   config.diffusion = diff = ml_collections.ConfigDict()
@@ -262,6 +298,23 @@ def get_config(arg=None):
   sample.grid_size = 64  # --mode sample: images in the grid PNG / reverse-process GIF.
   sample.gif_frames = 50  # --mode sample: GIF frames (subsampled from the sampler steps).
   sample.checkpoint_step = config_dict.placeholder(int)  # --mode sample: None = latest.
+  # Conditional models. labels: "3,7" = N / 2 samples of each (one grid row per
+  # label); "" = the labels 0..num_classes-1 cycled.
+  sample.labels = ""
+  # Classifier-free guidance weight w: eps_u + w (eps_c - eps_u); 1 = the conditional
+  # model, 0 = the unconditional one (core/guidance.py).
+  sample.guidance = 1.0
+  # "lo,hi": apply w only where sigma / alpha lies in (lo, hi] (Kynkaenniemi et al.
+  # 2024); elsewhere w = 1. "" = every step.
+  sample.guidance_interval = ""
+  # Text models: prompts separated by "|" (one grid row each), or a file of prompts,
+  # one per line; both "": the training captions' first prompts.
+  sample.prompt = ""
+  sample.prompts_file = ""
+  # Classifier guidance (Dhariwal & Nichol 2021): a noise-aware classifier written by
+  # `python -m diffusion.classify --noisy` and its gradient scale s (0 = off).
+  sample.classifier_path = ""
+  sample.classifier_scale = 0.0
 
   # ------------------------------------------------------------------ eval
   # --mode eval (diffusion/modes/eval.py): FID / KID / IS per sampler, bits/dim.

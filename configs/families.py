@@ -20,6 +20,9 @@ The families and where their numbers come from:
 - `edm_process`: Karras et al. 2022's process, preconditioning, loss and Heun sampler.
 - `vdm_process`, `vdm_sampler`: Kingma et al. 2021's learned schedule and ELBO; its sampler.
 - `nfe_comparison_eval`: the README's formulation x sampler x NFE table (issue 13).
+- `class_conditional`: 10 classes trained with label dropout 0.1 for classifier-free
+  guidance (Ho & Salimans 2022 found 0.1 - 0.2 best), grids one row per label.
+- `guidance_eval`: the README's guidance table: DDIM-50 at w = 1, 2, 4, 8 (issue 15).
 """
 from __future__ import annotations
 
@@ -248,3 +251,18 @@ def nfe_comparison_eval() -> Family:
   on 64 test images): the rows `NFE_SPECS`. Chosen here."""
   return (dict(eval=dict(specs=NFE_SPECS)),)
 
+
+
+def class_conditional() -> Family:
+  """Ten classes with the null label dropped in at p_uncond = 0.1 (Ho & Salimans 2022,
+  Sec. 4: 0.1 and 0.2 did best on ImageNet 64), grids of labels 0..9 (one row each)
+  with guidance w = 2."""
+  return (dict(model=dict(num_classes=10), cond=dict(p_uncond=0.1),
+               sample=dict(labels="0,1,2,3,4,5,6,7,8,9", guidance=2.0)),)
+
+
+def guidance_eval() -> Family:
+  """--mode eval rows of the guidance table: DDIM with 50 steps (eta 0) at w = 1
+  (the conditional model), 2, 4 and 8, and w = 0 (the same network unconditional)."""
+  return (dict(eval=dict(specs=tuple(f"ddim:steps=50,eta=0,guidance={w}"
+                                     for w in ("0", "1", "2", "4", "8")))),)

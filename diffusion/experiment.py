@@ -17,6 +17,7 @@ EMA parameters.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -102,6 +103,12 @@ RANGES = {
     "model.time_scale": dict(lo=0.0, lo_open=True),
     "model.fourier_scale": dict(lo=0.0, lo_open=True),
     "model.num_classes": dict(_INT, lo=1),
+    "model.transformer_depth": dict(_INT, lo=1),
+    "text.max_length": dict(_INT, lo=2),
+    "text.width": dict(_INT, lo=1),
+    "text.num_layers": dict(_INT, lo=1),
+    "text.num_heads": dict(_INT, lo=1),
+    "text.vocab_size": dict(_INT, lo=5),
     "diffusion.num_steps": dict(_INT, lo=1),
     "diffusion.min_snr_gamma": dict(lo=0.0, lo_open=True),
     "diffusion.beta_min": dict(lo=0.0, lo_open=True),
@@ -158,6 +165,8 @@ CHOICES = {
     "eval.reference_split": sources.SPLITS,
     "eval.bpd_split": sources.SPLITS,
     "eval.baseline_split": ("",) + sources.SPLITS,
+    "text.encoder": ("none", "trained", "clip"),
+    "text.captions": ("attributes", "files"),
 }
 
 
@@ -255,6 +264,7 @@ def validate_config(config) -> None:
   elif d.type == "continuous":
     _choice(d.sde, tuple(sorted(sdes.SDES)), "diffusion.sde")
   check_sample_options(s)
+  check_conditioning(config)
   _choice(d.type, DIFFUSION_TYPES, "diffusion.type")
   for key, valid in (("prediction", PREDICTIONS[d.type]), ("weighting", WEIGHTINGS[d.type])):
     if d[key] not in valid:
@@ -291,6 +301,10 @@ def validate_config(config) -> None:
 def build_model(config) -> nn.Module:
   """``MODELS[config.model.name]`` with every other config.model key as a field."""
   fields = {k: v for k, v in config.model.items() if k != "name"}
+  if config.model.name == "unet":
+    fields["cross_attention"] = text_conditional(config)
+  else:
+    fields.pop("transformer_depth", None)
   return get_model(config.model.name, **fields, image_size=config.data.image_size,
                    in_channels=config.data.channels,
                    dtype=models.compute_dtype(config.train.precision))
@@ -321,6 +335,116 @@ def gamma_schedule(config, params=None):
     params = {"gamma": vdm.init_learned_gamma(jax.random.PRNGKey(0), d.gamma_width,
                                               d.gamma_min, d.gamma_max)}
   return vdm.LearnedGamma(params["gamma"])
+
+
+def text_conditional(config) -> bool:
+  """Whether the model is conditioned on text (``text.encoder`` is not "none")."""
+  return config.text.encoder != "none"
+
+
+def class_conditional(config) -> bool:
+  return config.model.num_classes is not None
+
+
+def structured_params(config) -> bool:
+  """Whether a train state's params are a dict ``{"net": ..., "gamma"?: ..., "text"?: ...}``
+  (a learned VDM schedule, or a text encoder) rather than the network's alone."""
+  return learned_schedule(config) or text_conditional(config)
+
+
+def build_text_encoder(config):
+  """The `models.text_encoder.TextEncoder` of ``config.text`` (None without text)."""
+  if not text_conditional(config):
+    return None
+  from diffusion.models import text_encoder  # pylint: disable=g-import-not-at-top
+  t = config.text
+  if t.encoder == "clip":
+    module, _ = text_encoder.load_params(t.clip_weights)
+    return module
+  return text_encoder.TextEncoder(vocab_size=t.vocab_size, width=t.width,
+                                  num_layers=t.num_layers, num_heads=t.num_heads,
+                                  max_length=t.max_length)
+
+
+def parse_labels(text: str, num_classes, key: str = "config.sample.labels") -> tuple[int, ...]:
+  """``"3,7"`` -> ``(3, 7)``; ConfigError unless every entry is an int in [0, num_classes)."""
+  if not text.strip():
+    return ()
+  if num_classes is None:
+    raise checks.ConfigError(f"{key}={text!r}: the model is unconditional "
+                             "(config.model.num_classes is None)")
+  out = []
+  for item in text.split(","):
+    try:
+      v = int(item.strip())
+    except ValueError:
+      raise checks.ConfigError(f"{key}={text!r}: {item.strip()!r} is not an integer label") from None
+    if not 0 <= v < num_classes:
+      raise checks.ConfigError(f"{key}={text!r}: label {v} is not in 0..{num_classes - 1}")
+    out.append(v)
+  return tuple(out)
+
+
+def parse_interval(text: str, key: str = "config.sample.guidance_interval"):
+  """``"lo,hi"`` (or ``"lo..hi"``, as eval specs write it) -> ``(lo, hi)`` (noise
+  levels sigma / alpha); "" -> None."""
+  if not text.strip():
+    return None
+  try:
+    lo, hi = (float(v) for v in text.replace("..", ",").split(","))
+    from diffusion.core import guidance  # pylint: disable=g-import-not-at-top
+    return guidance.check_interval((lo, hi))
+  except ValueError as e:
+    why = str(e) if "lo < hi" in str(e) else "expected two numbers 'lo,hi'"
+    raise checks.ConfigError(f"{key}={text!r}: {why}") from None
+
+
+def check_conditioning(config, section=None) -> None:
+  """ConfigError naming the key for conditioning settings that cannot work: labels
+  or guidance on a model without a condition, guidance of a model whose null
+  condition was never trained (``cond.p_uncond = 0``), a bad interval or label."""
+  s = config.sample if section is None else section
+  conditional = class_conditional(config) or text_conditional(config)
+  p = config.cond.p_uncond
+  if not 0.0 <= p < 1.0:
+    raise checks.ConfigError(f"config.cond.p_uncond={p} must lie in [0, 1)")
+  if not s.guidance >= 0.0:
+    raise checks.ConfigError(f"config.sample.guidance={s.guidance} must be >= 0 (1 = the "
+                             "conditional model, 0 = the unconditional one)")
+  if s.guidance != 1.0 or s.guidance_interval.strip():
+    if not conditional:
+      raise checks.ConfigError(f"config.sample.guidance={s.guidance}: classifier-free guidance "
+                               "needs a conditional model (config.model.num_classes or "
+                               "config.text.encoder)")
+    if p == 0.0:
+      raise checks.ConfigError(f"config.sample.guidance={s.guidance} needs a model trained with "
+                               "config.cond.p_uncond > 0 (its null condition); this one never "
+                               "saw it: use guidance=1, or retrain with e.g. p_uncond=0.1")
+  parse_interval(s.guidance_interval)
+  parse_labels(s.labels, config.model.num_classes)
+  if s.classifier_scale < 0:
+    raise checks.ConfigError(f"config.sample.classifier_scale={s.classifier_scale} must be >= 0")
+  if s.classifier_scale > 0 and not s.classifier_path:
+    raise checks.ConfigError("config.sample.classifier_scale > 0 needs config.sample."
+                             "classifier_path (`python -m diffusion.classify --noisy`)")
+  if (s.prompt or s.prompts_file) and not text_conditional(config):
+    raise checks.ConfigError("config.sample.prompt / prompts_file: the model is not "
+                             "text-conditional (config.text.encoder='none')")
+  if s.prompts_file and not os.path.isfile(s.prompts_file):
+    raise checks.ConfigError(f"config.sample.prompts_file={s.prompts_file!r} does not exist")
+  if text_conditional(config):
+    t = config.text
+    if t.encoder == "clip":
+      for key in ("clip_weights", "vocab_file", "merges_file"):
+        if not t[key] or not os.path.isfile(t[key]):
+          raise checks.ConfigError(f"config.text.encoder='clip' needs config.text.{key} (an "
+                                   f"existing file), got {t[key]!r}")
+    elif t.width % t.num_heads:
+      raise checks.ConfigError(f"config.text.num_heads={t.num_heads} must divide "
+                               f"config.text.width={t.width}")
+    if class_conditional(config):
+      raise checks.ConfigError("config.model.num_classes and config.text.encoder are both set: "
+                               "a model is conditioned on labels or on text, not both")
 
 
 def learned_schedule(config) -> bool:
@@ -355,6 +479,8 @@ class Experiment:
   tx: Any
   state_key: jax.Array
   sample_key: jax.Array
+  tokenizer: Any = None  # Text models: `data.tokenizers` (train: built from the captions).
+  default_prompts: tuple[str, ...] = ()  # Text models: prompts of grids without sample.prompt.
 
   def apply(self, params, x, c_noise, cond=None, rng=None):
     """The network: ``[B, H, W, C]``, ``[B]`` -> ``[B, H, W, C]``; a `rng` turns on dropout."""
@@ -363,8 +489,9 @@ class Experiment:
                             rngs={"dropout": rng} if train else None)
 
   def net_params(self, params):
-    """The network's part of a state's `params` (all of them unless the schedule is learned)."""
-    return params["net"] if learned_schedule(self.config) else params
+    """The network's part of a state's `params` (all of them unless the schedule is
+    learned or there is a text encoder: then ``params["net"]``)."""
+    return params["net"] if structured_params(self.config) else params
 
   def process_of(self, params):
     """The noise process of a state's `params`: `process`, or for a learned schedule the
@@ -382,16 +509,124 @@ class Experiment:
     return Denoiser(net, d.prediction, self.process_of(params),
                     noise_input=noise_input(self.config), cond=cond, sigma_data=d.sigma_data)
 
-  def cond(self, n: int):
-    """The conditioning of `n` samples: labels ``0..num_classes-1`` cycled, or None."""
+  # ------------------------------------------------------------ conditioning
+  # A condition's inputs are int labels [N] (class-conditional) or {"tokens": int32
+  # [N, L], "mask": bool [N, L]} (text); `condition` turns them into what the
+  # network is given (labels, or {"context": the encoder's [N, L, D], "mask"}).
+
+  @property
+  def text_encoder(self):
+    """The text encoder module (None without text conditioning)."""
+    enc = self.__dict__.get("_text_encoder", False)
+    if enc is False:
+      enc = build_text_encoder(self.config)
+      object.__setattr__(self, "_text_encoder", enc)
+    return enc
+
+  def null_label(self) -> int:
+    return self.config.model.num_classes
+
+  def tokenize(self, prompts) -> dict:
+    """``{"tokens", "mask"}`` of `prompts` by the experiment's tokenizer."""
+    if self.tokenizer is None:
+      raise checks.ConfigError("this text model has no tokenizer: train it first (the "
+                               "workdir's tokenizer.json), or give the CLIP vocab / merges files")
+    ids, mask = self.tokenizer.encode(list(prompts))
+    return {"tokens": jnp.asarray(ids, jnp.int32), "mask": jnp.asarray(mask, bool)}
+
+  def null_inputs(self, n: int):
+    """The null condition's inputs for `n` samples: the null label, or the empty prompt."""
+    if class_conditional(self.config):
+      return jnp.full((n,), self.null_label(), jnp.int32)
+    if text_conditional(self.config):
+      return jax.tree.map(lambda a: jnp.repeat(a, n, 0), self.tokenize([""]))
+    return None
+
+  def condition(self, params, inputs):
+    """What the network is given for `inputs` (labels as they are; tokens encoded by
+    ``params["text"]``, frozen for a pretrained CLIP)."""
+    if inputs is None or not text_conditional(self.config):
+      return inputs
+    context = self.text_encoder.apply({"params": params["text"]}, inputs["tokens"],
+                                      inputs["mask"])
+    if self.config.text.encoder == "clip":
+      context = jax.lax.stop_gradient(context)
+    return {"context": context, "mask": inputs["mask"]}
+
+  def batch_inputs(self, batch, rng=None):
+    """The condition inputs of a training batch; with `rng`, each example's replaced by
+    the null one with probability ``cond.p_uncond`` (classifier-free guidance training:
+    the draw is ``uniform(fold_in(rng, 0x636f6e64)) < p_uncond`` per example)."""
+    config = self.config
+    if class_conditional(config):
+      inputs = batch["label"]
+    elif text_conditional(config):
+      inputs = {"tokens": batch["tokens"], "mask": batch["mask"]}
+    else:
+      return None
+    p = config.cond.p_uncond
+    if rng is None or p == 0.0:
+      return inputs
+    n = jax.tree.leaves(inputs)[0].shape[0]
+    drop = jax.random.uniform(jax.random.fold_in(rng, 0x636F6E64), (n,)) < p
+    null = self.null_inputs(n)
+    return jax.tree.map(lambda a, b: jnp.where(drop.reshape((n,) + (1,) * (a.ndim - 1)), b, a),
+                        inputs, null)
+
+  def labels_of(self, n: int, section=None):
+    """The labels of `n` samples: ``sample.labels`` "3,7" in equal blocks (sample i gets
+    ``labels[i k // n]``), else ``0..num_classes-1`` cycled; None if unconditional."""
     k = self.config.model.num_classes
-    return None if k is None else jnp.arange(n, dtype=jnp.int32) % k
+    s = self.config.sample if section is None else section
+    chosen = parse_labels(s.labels, k)
+    if chosen:
+      return jnp.asarray([chosen[i * len(chosen) // n] for i in range(n)], jnp.int32)
+    if k is None:
+      return None
+    return jnp.arange(n, dtype=jnp.int32) % k
+
+  def prompts_of(self, n: int, section=None) -> list[str] | None:
+    """The prompts of `n` samples (text models): ``sample.prompt`` split at "|", or the
+    lines of ``sample.prompts_file``, else `default_prompts`, in equal blocks."""
+    if not text_conditional(self.config):
+      return None
+    s = self.config.sample if section is None else section
+    prompts = prompt_list(s) or list(self.default_prompts)
+    if not prompts:
+      raise checks.ConfigError("config.sample.prompt is empty and the model has no default "
+                               "prompts: give config.sample.prompt='a thick 3|a thin 7'")
+    return [prompts[i * len(prompts) // n] for i in range(n)]
+
+  def cond(self, n: int, section=None):
+    """The condition inputs of `n` samples (`labels_of` / `prompts_of`), or None."""
+    if text_conditional(self.config):
+      return self.tokenize(self.prompts_of(n, section))
+    return self.labels_of(n, section)
+
+  def guide(self, den, params, inputs, section=None, n=None):
+    """`den` with the guidance of ``sample`` (or `section`): classifier-free
+    (``guidance``, ``guidance_interval``) and classifier guidance (``classifier_scale``)."""
+    from diffusion.core import guidance  # pylint: disable=g-import-not-at-top
+    s = self.config.sample if section is None else section
+    interval = parse_interval(s.guidance_interval)
+    if inputs is not None and (s.guidance != 1.0 or interval is not None):
+      n = jax.tree.leaves(inputs)[0].shape[0]
+      den = guidance.ClassifierFree(den, self.condition(params, self.null_inputs(n)),
+                                    float(s.guidance), interval)
+    if s.classifier_scale > 0:
+      from diffusion.models import classifier  # pylint: disable=g-import-not-at-top
+      log_prob, k = classifier.noisy_log_prob(s.classifier_path, self.process)
+      labels = inputs if class_conditional(self.config) else (
+          jnp.arange(n, dtype=jnp.int32) % k if n else None)
+      den = guidance.ClassifierGuided(den, log_prob, labels, float(s.classifier_scale))
+    return den
 
   def loss_fn(self, params, batch, rng):
     """``(loss, metrics)`` of a batch; for `make_train_step`."""
     d = self.config.diffusion
-    y = batch["label"] if self.config.model.num_classes is not None else None
-    model_fn = lambda p, x_t, t, r: self.denoiser(p, y, rng=r).output(x_t, t)
+    inputs = self.batch_inputs(batch, rng)
+    model_fn = lambda p, x_t, t, r: self.denoiser(p, self.condition(p, inputs),
+                                                  rng=r).output(x_t, t)
     if d.type == "discrete":
       return losses.discrete_loss(params, batch, rng, model_fn=model_fn, sched=self.process,
                                   prediction=d.prediction, weighting=d.weighting,
@@ -402,6 +637,7 @@ class Experiment:
     if d.type == "vdm":
       m_key, v_key = jax.random.split(rng)
       net_params = self.net_params(params)
+      y = self.condition(params, inputs)
       eps_fn = lambda z, g: self.apply(net_params, z, g, y, m_key)
       return vdm.vdm_loss(batch["image"], eps_fn, self.process_of(params).gamma_schedule, v_key,
                           num_steps=d.elbo_steps, num_bins=d.num_bins, antithetic=d.antithetic,
@@ -415,15 +651,16 @@ class Experiment:
     return check_sampler(self.config, self.process, section)
 
   def sample_fn(self, section=None, *, num_samples: int | None = None,
-                return_trajectory: bool = False, mesh=None) -> Callable:
+                return_trajectory: bool = False, mesh=None, cond_inputs=None) -> Callable:
     """A jitted ``sample_fn(params, rng) -> x [N, H, W, C]`` (the sampler factory).
 
     The sampler is ``config.sample``'s, or that of another sample `section` (an
     eval entry's); the sampler record (`core.samplers.registry`) runs the
     experiment's denoiser on the process its domain needs
     (`core.processes.on_domain`). ``N = num_samples`` (default
-    ``config.sample.num_samples``); class-conditional models get labels
-    ``0..num_classes-1`` cycled. With `return_trajectory` it returns ``(x,
+    ``config.sample.num_samples``); conditional models get the condition inputs
+    `cond_inputs` (default `cond`: ``sample.labels`` or labels cycled; the prompts)
+    and the section's guidance (`guide`). With `return_trajectory` it returns ``(x,
     traj)`` as the samplers do (``traj["x"]`` ``[S, N, H, W, C]``; ValueError
     if the sampler has none, e.g. rk45).
 
@@ -442,7 +679,7 @@ class Experiment:
                        "ode_method='rk45'): use 'euler' or 'heun'")
     n = config.sample.num_samples if num_samples is None else num_samples
     shape = (n, config.data.image_size, config.data.image_size, config.data.channels)
-    cond = self.cond(n)
+    inputs = self.cond(n, section) if cond_inputs is None else cond_inputs
     traj = {"return_trajectory": True} if return_trajectory else {}
     sharding = batch_sharding(mesh, n)
     split = (lambda x: x) if sharding is None else (
@@ -451,7 +688,8 @@ class Experiment:
     learned = learned_schedule(config)
 
     def sample_fn(params, rng):
-      den = self.denoiser(params, cond, shard=split)
+      den = self.denoiser(params, self.condition(params, inputs), shard=split)
+      den = self.guide(den, params, inputs, section, n)
       out = record.run(den, den.process if learned else process, rng, shape, options, **traj)
       if sharding is None:
         return out
@@ -464,15 +702,36 @@ class Experiment:
     x = jnp.zeros((1, c.image_size, c.image_size, c.channels), jnp.float32)
     t = jnp.zeros((1,), processes.time_dtype(self.process))
     y = None if self.config.model.num_classes is None else jnp.zeros((1,), jnp.int32)
+    enc = self.text_encoder
+    if enc is not None:
+      length = self.config.text.max_length
+      y = {"context": jnp.zeros((1, length, enc.width), jnp.float32),
+           "mask": jnp.ones((1, length), bool)}
     init_fn = lambda r: self.model.init(r, x, t, y, train=False)["params"]
-    if learned_schedule(self.config):
+    if structured_params(self.config):
       d = self.config.diffusion
       net_init = init_fn
-      init_fn = lambda r: {"net": net_init(jax.random.fold_in(r, 0)),
-                           "gamma": vdm.init_learned_gamma(jax.random.fold_in(r, 1),
-                                                           d.gamma_width, d.gamma_min,
-                                                           d.gamma_max)}
+
+      def init_fn(r):
+        params = {"net": net_init(jax.random.fold_in(r, 0))}
+        if learned_schedule(self.config):
+          params["gamma"] = vdm.init_learned_gamma(jax.random.fold_in(r, 1), d.gamma_width,
+                                                   d.gamma_min, d.gamma_max)
+        if enc is not None:
+          params["text"] = self._init_text(jax.random.fold_in(r, 2))
+        return params
     return ts.create(rng, init_fn, self.tx)
+
+  def _init_text(self, rng):
+    """The text encoder's initial params: random ("trained"), or the converted CLIP
+    weights of ``text.clip_weights`` ("clip"; frozen by `tx`)."""
+    if self.config.text.encoder == "clip":
+      from diffusion.models import text_encoder  # pylint: disable=g-import-not-at-top
+      _, params = text_encoder.load_params(self.config.text.clip_weights)
+      return jax.tree.map(jnp.asarray, params)
+    length = self.config.text.max_length
+    return self.text_encoder.init(rng, jnp.zeros((1, length), jnp.int32),
+                                  jnp.ones((1, length), bool))["params"]
 
   def abstract_state(self, sharding=None):
     """The state's ShapeDtypeStructs (a restore target) with `sharding`.
@@ -510,12 +769,38 @@ def batch_sharding(mesh, num_samples: int):
   return NamedSharding(mesh, P(placement.AXIS))
 
 
-def build(config) -> Experiment:
-  """Validates `config` and builds its `Experiment`."""
+def prompt_list(section) -> list[str]:
+  """The prompts of ``sample.prompt`` (split at "|") or ``sample.prompts_file`` (one per
+  line, blank lines skipped); [] if neither is set."""
+  if section.prompts_file:
+    with open(section.prompts_file, encoding="utf-8") as f:
+      return [line.strip() for line in f if line.strip()]
+  return [p.strip() for p in section.prompt.split("|") if p.strip()]
+
+
+def make_tx(config):
+  """The optimizer; a pretrained CLIP text encoder's params (``params["text"]``) frozen."""
+  tx = ts.make_optimizer(config)
+  if config.text.encoder != "clip":
+    return tx
+  import optax  # pylint: disable=g-import-not-at-top
+  labels = lambda params: {k: jax.tree.map(lambda _: "frozen" if k == "text" else "train", v)
+                           for k, v in params.items()}
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def build(config, *, tokenizer=None, default_prompts=()) -> Experiment:
+  """Validates `config` and builds its `Experiment` (text models: with their tokenizer)."""
   validate_config(config)
   state_key, sample_key = keys(config)
+  if tokenizer is None and config.text.encoder == "clip":
+    from diffusion.data import tokenizers  # pylint: disable=g-import-not-at-top
+    tokenizer = tokenizers.CLIPTokenizer.from_files(config.text.vocab_file,
+                                                    config.text.merges_file,
+                                                    max_length=config.text.max_length)
   return Experiment(config=config, model=build_model(config), process=noise_process(config),
-                    tx=ts.make_optimizer(config), state_key=state_key, sample_key=sample_key)
+                    tx=make_tx(config), state_key=state_key, sample_key=sample_key,
+                    tokenizer=tokenizer, default_prompts=tuple(default_prompts))
 
 
 def restore_ema_params(exp: Experiment, ckpt, step: int | None, mesh, warn=print):

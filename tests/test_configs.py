@@ -43,11 +43,17 @@ PARAMS = {
     "mnist_vdm": 6_472_964,  # mnist_ddpm's UNet + the 1024-unit schedule network (3,075).
     "mnist_vdm_cpu": 1_115_876,
     "smoke": 10_593,
+    # Class-conditional twins: + the (10 + 1 null) x 4 ch class embedding table.
+    "cifar10_ddpm_cond": 35_746_307 + 11 * 512,
+    "digits_ddpm_cond": 651_041 + 11 * 128,
+    "mnist_ddpm_cond": 6_469_889 + 11 * 256,
+    "mnist_ddpm_cond_cpu": 1_112_801 + 11 * 128,
 }
 
 # TFDS configs: (dataset name, image size, channels).
 TFDS = {
     "cifar10_ddpm": ("cifar10", 32, 3),
+    "cifar10_ddpm_cond": ("cifar10", 32, 3),
     "cifar10_ddpmpp_vp": ("cifar10", 32, 3),
     "cifar10_ncsnpp_ve": ("cifar10", 32, 3),
     "cifar10_edm": ("cifar10", 32, 3),

@@ -39,11 +39,11 @@ def bits_per_dim(exp, params, rng, mesh=None) -> dict:
                    process_count=jax.process_count())
   shard = (lambda b: b) if mesh is None else (lambda b: placement.shard_batch(b, mesh, "jit"))
   levels = it.levels
-  conditional = config.model.num_classes is not None
+  cond_keys = ("label", "tokens", "mask")
 
   @jax.jit
-  def batch_bpd(params, x, y, key):  # params an argument: not baked into the program.
-    den = exp.denoiser(params, y if conditional else None)
+  def batch_bpd(params, x, batch, key):  # params an argument: not baked into the program.
+    den = exp.denoiser(params, exp.condition(params, exp.batch_inputs(batch)))
     if discrete:
       return likelihood.ddpm_vlb(den.eps_fn(), exp.process, x, key, num_bins=levels)["total"]
     if is_vdm:
@@ -57,8 +57,9 @@ def bits_per_dim(exp, params, rng, mesh=None) -> dict:
   bar = console.progress(None, "bits/dim", unit="batch", total=-(-e.bpd_num // it.batch_size))
   while done < e.bpd_num:
     bar.update(1)
-    batch = shard({k: v for k, v in next(it).items() if k in ("image", "label")})
-    args = (params, batch["image"], batch["label"], jax.random.fold_in(rng, c))
+    batch = shard({k: v for k, v in next(it).items() if k == "image" or k in cond_keys})
+    args = (params, batch["image"], {k: v for k, v in batch.items() if k in cond_keys},
+            jax.random.fold_in(rng, c))
     if c == 0:  # Compiled ahead; all processes compiled before the first collective.
       compiled = batch_bpd.lower(*args).compile()
       cluster.barrier("eval_bpd")

@@ -17,27 +17,52 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 
-from diffusion.models.classifier import Classifier
+from diffusion.models import classifier as _models
+from diffusion.models.classifier import Classifier, NoisyClassifier, noisy_inputs
 from diffusion.run import console
 
 
+def _random_times(process, rng, n):
+  """Training times of a noisy classifier: uniform steps 0..T-1, or t ~ U[1e-3, 1]."""
+  from diffusion.core import processes  # pylint: disable=g-import-not-at-top
+  if processes.is_discrete(process):
+    return jax.random.randint(rng, (n,), 0, process.num_steps)
+  return jax.random.uniform(rng, (n,), minval=1e-3, maxval=1.0)
+
+
 def train(images, labels, *, num_classes=10, steps=500, batch_size=128, lr=1e-3, seed=0,
-          channels=(32, 64), features=128, dropout=0.1):
-  """Fits the classifier; deterministic given `seed`. Returns ``(model, params)``."""
+          channels=(32, 64), features=128, dropout=0.1, process=None):
+  """Fits the classifier; deterministic given `seed`. Returns ``(model, params)``.
+
+  With a noise `process` (a discrete schedule or an SDE) it fits a `NoisyClassifier`
+  on ``x_t = alpha x + sigma eps`` at random times (`_random_times`) instead: the
+  classifier of classifier guidance."""
   images = np.asarray(images, np.float32)
   labels = np.asarray(labels, np.int32)
   if images.ndim != 4 or labels.shape != images.shape[:1]:
     raise ValueError(f"images must be [N, H, W, C] and labels [N]; got {images.shape}, {labels.shape}")
-  model = Classifier(channels=tuple(channels), features=features, num_classes=num_classes, dropout=dropout)
+  kind = Classifier if process is None else NoisyClassifier
+  model = kind(channels=tuple(channels), features=features, num_classes=num_classes,
+               dropout=dropout)
   key = jax.random.PRNGKey(seed)
-  params = model.init(key, jnp.zeros((1,) + images.shape[1:]))["params"]
+  dummy = jnp.zeros((1,) + images.shape[1:])
+  params = model.init(key, *((dummy,) if process is None else (dummy, jnp.zeros((1,)))))["params"]
   tx = optax.adam(optax.cosine_decay_schedule(lr, steps, alpha=0.05))
   opt_state = tx.init(params)
 
   @jax.jit
   def step(params, opt_state, x, y, rng):
+    args = (x,)
+    if process is not None:
+      t_key, n_key, rng = jax.random.split(rng, 3)
+      t = _random_times(process, t_key, x.shape[0])
+      alpha, sigma = process.alpha(t), process.sigma(t)
+      x_t = alpha[:, None, None, None] * x + sigma[:, None, None, None] * jax.random.normal(
+          n_key, x.shape)
+      args = noisy_inputs(process, x_t, t)
+
     def loss_fn(p):
-      logits = model.apply({"params": p}, x, train=True, rngs={"dropout": rng})
+      logits = model.apply({"params": p}, *args, train=True, rngs={"dropout": rng})
       return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)
@@ -66,6 +91,23 @@ def predict(model, params, images, batch_size=1000):
   return np.concatenate(feats), np.concatenate(logits)
 
 
+def noisy_accuracy(model, params, process, images, labels, seed=0) -> dict:
+  """Accuracy of a `NoisyClassifier` on `images` noised to t = 0 (the first step) and to
+  the middle of the process's time axis."""
+  from diffusion.core import processes  # pylint: disable=g-import-not-at-top
+  out = {}
+  n = len(labels)
+  mid = process.num_steps // 2 if processes.is_discrete(process) else 0.5
+  for name, t0 in (("t=0", 0 if processes.is_discrete(process) else 1e-3), ("t=mid", mid)):
+    t = jnp.full((n,), t0)
+    alpha, sigma = process.alpha(t), process.sigma(t)
+    noise = jax.random.normal(jax.random.PRNGKey(seed), images.shape)
+    x_t = alpha[:, None, None, None] * images + sigma[:, None, None, None] * noise
+    logits = model.apply({"params": params}, *noisy_inputs(process, x_t, t))
+    out[name] = float(np.mean(np.asarray(logits).argmax(-1) == np.asarray(labels)))
+  return out
+
+
 def accuracy(model, params, images, labels) -> float:
   return float(np.mean(predict(model, params, images)[1].argmax(-1) == np.asarray(labels)))
 
@@ -92,7 +134,8 @@ def save(path: str, model: Classifier, params, info: dict, keep_existing: bool =
   with ocp.StandardCheckpointer() as ckpt:
     ckpt.save(os.path.join(tmp, "params"), params)
   meta = {"channels": list(model.channels), "features": model.features,
-          "num_classes": model.num_classes, "dropout": model.dropout, **info}
+          "num_classes": model.num_classes, "dropout": model.dropout,
+          "noisy": isinstance(model, NoisyClassifier), **info}
   with open(os.path.join(tmp, "classifier.json"), "w") as f:
     json.dump(meta, f, indent=2)
   try:
@@ -107,25 +150,8 @@ def save(path: str, model: Classifier, params, info: dict, keep_existing: bool =
 
 
 def load(path: str):
-  """Returns ``(model, params, info)`` saved by `save`."""
-  path = os.path.abspath(path)
-  meta_path = os.path.join(path, "classifier.json")
-  if not os.path.exists(meta_path):
-    raise FileNotFoundError(f"no classifier at {path}: expected {meta_path} (train one first)")
-  with open(meta_path) as f:
-    meta = json.load(f)
-  model = Classifier(channels=tuple(meta["channels"]), features=meta["features"],
-                     num_classes=meta["num_classes"], dropout=meta["dropout"])
-  # Every process reads the whole (small) checkpoint by itself: no collective,
-  # so one process of a multi-process eval can load it without the others.
-  me = jax.process_index()
-  options = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
-  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  with ocp.StandardCheckpointer(multiprocessing_options=options) as ckpt:
-    saved = ckpt.metadata(os.path.join(path, "params")).item_metadata
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local), saved)
-    params = ckpt.restore(os.path.join(path, "params"), target)
-  return model, jax.tree.map(np.asarray, params), meta
+  """Returns ``(model, params, info)`` saved by `save` (`models.classifier.load`)."""
+  return _models.load(path)
 
 
 # --------------------------------------------------------------------------
@@ -173,6 +199,10 @@ def _define_flags(values) -> None:
                      flag_values=values)
   flags.DEFINE_integer("data_batch", 1000, "read batch size (a divisor of N keeps every "
                        "example)", flag_values=values)
+  flags.DEFINE_bool("noisy", False, "train on images noised by the config's diffusion "
+                    "process, told the noise level: the classifier of classifier guidance "
+                    "(--config.sample.classifier_path); accuracy is then reported at t = 0 "
+                    "and at the half-way time", flag_values=values)
 
 
 def train_and_save(data_config, path: str, steps: int = 2000, holdout: float = 0.15,
@@ -218,11 +248,20 @@ def main(argv=None) -> dict:
     perm = np.random.default_rng(0).permutation(len(y))
     cut = int(len(y) * (1 - args.holdout))
     x, y, x_test, y_test = x[perm[:cut]], y[perm[:cut]], x[perm[cut:]], y[perm[cut:]]
+  process = None
+  if args.noisy:
+    from diffusion import experiment  # pylint: disable=g-import-not-at-top
+    process = experiment.noise_process(args.config)
   model, params = train(x, y, num_classes=int(y.max()) + 1, steps=args.steps,
-                        batch_size=args.batch_size, lr=args.lr)
-  acc = accuracy(model, params, x_test, y_test)
+                        batch_size=args.batch_size, lr=args.lr, process=process)
+  if process is None:
+    acc = accuracy(model, params, x_test, y_test)
+  else:
+    acc = noisy_accuracy(model, params, process, x_test, y_test)
   config_file = config_flags.get_config_filename(args["config"])
-  info = {"test_accuracy": acc, "num_train": int(len(y)), "num_test": int(len(y_test)),
+  info = {"test_accuracy": acc if process is None else acc["t=0"],
+          **({} if process is None else {"noisy_accuracy": acc, "process": repr(process)}),
+          "num_train": int(len(y)), "num_test": int(len(y_test)),
           "steps": args.steps, "config": os.path.abspath(config_file.split(":", 1)[0]),
           "test": args.test_split or f"holdout {args.holdout}"}
   save(args.out, model, params, info)

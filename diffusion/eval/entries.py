@@ -26,11 +26,20 @@ from diffusion.core.samplers import registry
 # Short spec keys for options fields.
 ALIASES = {"steps": "num_steps", "clip": "clip_denoised"}
 _SHORT = {v: k for k, v in ALIASES.items()}
+# config.sample keys of conditional models that any sampler takes (guidance wraps the
+# denoiser, `experiment.Experiment.guide`), with their types. An interval in a spec is
+# written "lo..hi" (a comma separates items).
+GUIDANCE_KEYS = {"guidance": float, "guidance_interval": str, "classifier_scale": float,
+                 "labels": str}
+
+
+def _field_types(record) -> dict[str, type]:
+  return {**registry.field_types(record.options), **GUIDANCE_KEYS}
 
 
 def _spec_keys(record) -> dict[str, str]:
   """Spec key -> options field of `record`: every field, and its short form."""
-  fields = registry.field_types(record.options)
+  fields = _field_types(record)
   keys = {_SHORT.get(f, f): f for f in fields}
   keys.update({f: f for f in fields})
   return keys
@@ -48,7 +57,7 @@ def parse_sampler_spec(spec: str) -> tuple[str, dict]:
     raise ValueError(f"sampler spec {spec!r}: unknown sampler {name!r}; valid: "
                      f"{', '.join(registry.SAMPLERS)}")
   record = registry.SAMPLERS[name]
-  keys, types = _spec_keys(record), registry.field_types(record.options)
+  keys, types = _spec_keys(record), _field_types(record)
   overrides = {}
   for item in filter(None, (i.strip() for i in args.split(","))):
     key, eq, value = (s.strip() for s in item.partition("="))
@@ -94,6 +103,7 @@ def _entry_config(config, name: str, method: str, overrides: dict):
             else f"config.eval.specs entry {name!r}")
   try:
     experiment.check_sampler(cfg, experiment.noise_process(cfg))
+    experiment.check_conditioning(cfg)
   except ValueError as e:
     reason = str(e).replace(f"config.sample ({method}): ", "")
     raise ValueError(f"{where}: sampler spec {name!r} does not fit this model: {reason}") from None
@@ -106,7 +116,7 @@ def _typed_entry(name: str, entry) -> tuple[str, dict]:
   if method not in registry.SAMPLERS:
     raise ValueError(f"config.eval.samplers.{name}.method={method!r}: unknown sampler; "
                      f"valid: {', '.join(registry.SAMPLERS)}")
-  fields = registry.field_types(registry.SAMPLERS[method].options)
+  fields = _field_types(registry.SAMPLERS[method])
   unknown = sorted(set(values) - set(fields))
   if unknown:
     raise ValueError(f"config.eval.samplers.{name}: {method} has no option "

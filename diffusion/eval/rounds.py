@@ -52,7 +52,7 @@ def extractor_input(images, quantize: bool) -> np.ndarray:
 
 
 def score(config, local_chunks, n: int, bs: int, ref: Reference,
-          desc: str = "eval") -> tuple[dict, object]:
+          desc: str = "eval", labels=None) -> tuple[dict, object]:
   """Metrics of `n` images that arrive as calls of `bs`: `local_chunks` yields
   this process's rows of each call (all of it with one process); features are
   extracted per process and gathered in order, the last call cut to `n`. A
@@ -76,7 +76,13 @@ def score(config, local_chunks, n: int, bs: int, ref: Reference,
     k = min(len(kept), len(ref.kept))
     if k > 3:
       precision, recall = metrics.precision_recall(ref.kept[:k], kept[:k])
-  return {"num_samples": n, "fid": metrics.fid(stats, ref.stats), "kid": kid_mean,
+  extra = {}
+  if labels is not None:  # Conditional samples: how often the classifier reads the asked label.
+    asked = np.asarray(labels)[:n]
+    hits = np.argmax(logits, -1) == asked
+    extra = {"label_accuracy": float(hits.mean()),
+             "label_accuracy_se": float(np.sqrt(hits.mean() * (1 - hits.mean()) / n))}
+  return {"num_samples": n, "fid": metrics.fid(stats, ref.stats), "kid": kid_mean, **extra,
           "kid_std": kid_std, "inception_score": is_mean, "inception_score_std": is_std,
           "precision": precision, "recall": recall}, stats
 
@@ -108,7 +114,11 @@ def sampler_round(exp, entry: specs.Entry, params, ref: Reference, mesh=None):
       timing["sample_s"] += time.perf_counter() - t0
       yield placement.local_rows(x)
 
-  scores, stats = score(exp.config, chunks(), n, bs, ref, desc=f"eval {entry.name}")
+  labels = None
+  if exp.config.model.num_classes is not None and exp.config.eval.features == "classifier":
+    labels = np.tile(np.asarray(exp.labels_of(bs, cfg.sample)), -(-n // bs))
+  scores, stats = score(exp.config, chunks(), n, bs, ref, desc=f"eval {entry.name}",
+                        labels=labels)
   s, sample_s = cfg.sample, timing["sample_s"]
   row = {"spec": entry.name, "method": s.method, "steps": specs.sampler_steps(cfg),
          "nfe": specs.nfe(cfg),

@@ -217,3 +217,68 @@ class AttentionBlock(nn.Module):
     h = dense(c, self.dtype, init_scale=0.0, name="proj_out")(h)
     out = x + h
     return out / math.sqrt(2.0) if self.skip_rescale else out
+
+
+class TransformerBlock(nn.Module):
+  """Self-attention, cross-attention to text tokens and a feed-forward over the H*W
+  positions (latent diffusion's spatial transformer), with a residual skip.
+
+  GN -> Dense(C) -> `depth` x [LN -> self-attention -> +; LN -> cross-attention
+  (queries from the image, keys / values from ``context [B, L, D]``, padded tokens
+  masked out by ``mask [B, L]``) -> +; LN -> Dense(4C) -> GELU -> Dense(C) -> +]
+  -> zero-initialised Dense(C) -> `x + h` (divided by sqrt(2) when `skip_rescale`).
+  Attention in float32 softmax (`jax.nn.dot_product_attention`), scale 1 / sqrt(C
+  / num_heads). A row whose mask is all False attends to nothing: its
+  cross-attention output is 0 (the empty prompt's null condition still has its
+  bos / eos tokens unmasked).
+
+  Attributes:
+    num_heads: heads of both attentions; must divide the channel count.
+    depth: repeats of the three sub-blocks.
+    skip_rescale: divide the output by sqrt(2).
+    dtype: computation dtype.
+  """
+  num_heads: int = 1
+  depth: int = 1
+  skip_rescale: bool = False
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, context: Array, mask: Optional[Array] = None) -> Array:
+    """`[B, H, W, C]`, `[B, L, D]`, bool `[B, L]` -> `[B, H, W, C]`."""
+    b, hgt, wid, c = x.shape
+    if self.num_heads < 1 or c % self.num_heads:
+      raise ValueError(f"TransformerBlock: num_heads={self.num_heads} must divide channels={c}")
+    if context.ndim != 3 or context.shape[0] != b:
+      raise ValueError(f"TransformerBlock: context must be [B={b}, L, D], got {context.shape}")
+    heads, head_dim, dt = self.num_heads, c // self.num_heads, self.dtype
+    context = context.astype(dt)
+    attn_mask = None
+    if mask is not None:  # A row with no token attends to all (finite), then is zeroed below.
+      mask = jnp.asarray(mask, bool)
+      attn_mask = (mask | ~jnp.any(mask, -1, keepdims=True))[:, None, None, :]  # [B, 1, 1, L]
+
+    def split(t):
+      return t.reshape(t.shape[0], t.shape[1], heads, head_dim)
+
+    h = group_norm(c, dt, name="norm")(x).reshape(b, hgt * wid, c)
+    h = dense(c, dt, name="proj_in")(h)
+    for i in range(self.depth):
+      y = nn.LayerNorm(dtype=dt, name=f"ln_self{i}")(h)
+      qkv = dense(3 * c, dt, name=f"self_qkv{i}")(y).reshape(b, hgt * wid, 3, heads, head_dim)
+      y = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
+      h = h + dense(c, dt, name=f"self_out{i}")(y.reshape(b, hgt * wid, c))
+      y = nn.LayerNorm(dtype=dt, name=f"ln_cross{i}")(h)
+      q = split(dense(c, dt, name=f"cross_q{i}")(y))
+      k = split(dense(c, dt, name=f"cross_k{i}")(context))
+      v = split(dense(c, dt, name=f"cross_v{i}")(context))
+      y = jax.nn.dot_product_attention(q, k, v, mask=attn_mask)
+      if mask is not None:  # No unmasked token: no cross-attention (not a uniform average).
+        y = jnp.where(jnp.any(mask, -1)[:, None, None, None], y, 0.0)
+      h = h + dense(c, dt, name=f"cross_out{i}")(y.reshape(b, hgt * wid, c))
+      y = nn.LayerNorm(dtype=dt, name=f"ln_ff{i}")(h)
+      y = dense(c, dt, name=f"ff_out{i}")(nn.gelu(dense(4 * c, dt, name=f"ff_in{i}")(y)))
+      h = h + y
+    h = dense(c, dt, init_scale=0.0, name="proj_out")(h).reshape(b, hgt, wid, c)
+    out = x + h
+    return out / math.sqrt(2.0) if self.skip_rescale else out

@@ -84,6 +84,11 @@ class UNet(nn.Module):
       (`embeddings.input_fourier_features`; `C (1 + 2 len(input_fourier))`
       channels in), e.g. (7, 8). Empty (the default): off, and the network and
       its parameters are as without the field.
+    cross_attention: text conditioning: every attention block (the listed
+      resolutions and the middle) is a `layers.TransformerBlock` whose
+      cross-attention reads the text tokens ``cond["context"] [B, L, D]`` (with the
+      padding mask ``cond["mask"] [B, L]``), as the latent-diffusion UNet does.
+    transformer_depth: sub-block repeats of each TransformerBlock.
     dtype: computation dtype (float32, bfloat16 or float16); parameters are
       always float32 and the output is float32.
   """
@@ -106,6 +111,8 @@ class UNet(nn.Module):
   image_size: Optional[int] = None
   in_channels: Optional[int] = None
   input_fourier: Sequence[int] = ()
+  cross_attention: bool = False
+  transformer_depth: int = 1
   dtype: Any = jnp.float32
 
   def __post_init__(self):
@@ -184,6 +191,8 @@ class UNet(nn.Module):
       fail(f"dtype={dtype_name} is not supported; valid: {DTYPES}")
     if not all(is_int(r) and r >= 1 for r in self.attention_resolutions):
       fail(f"attention_resolutions must be positive ints, got {self.attention_resolutions}")
+    if not is_int(self.transformer_depth) or self.transformer_depth < 1:
+      fail(f"transformer_depth must be an int >= 1, got {self.transformer_depth!r}")
     if not is_int(self.num_heads) or self.num_heads < 1:
       fail(f"num_heads must be an int >= 1, got {self.num_heads!r}")
     for channels in sorted(self._attention_channels()):
@@ -261,9 +270,11 @@ class UNet(nn.Module):
       x: `[B, H, W, C]` float images (any H, W: padded internally, see module doc).
       t: `[B]` (or scalar, broadcast) int or float timesteps; for
         `embedding="fourier"` the noise level sigma > 0.
-      y: `[B]` int labels in [0, num_classes] (num_classes = null label), or
-        None. With `num_classes` set, None means "all null". Giving labels to
-        an unconditional model is a ValueError.
+      y: the condition: `[B]` int labels in [0, num_classes] (num_classes = null
+        label), or None; or a dict with "label" (the same) and, for
+        `cross_attention`, "context" `[B, L, D]` and "mask" bool `[B, L]`. With
+        `num_classes` set, no labels means "all null". Giving labels to an
+        unconditional model, or no context to a cross-attention one, is a ValueError.
       train: enables dropout (then a 'dropout' rng is needed).
 
     Returns:
@@ -281,6 +292,20 @@ class UNet(nn.Module):
     if t.ndim == 0:
       t = jnp.broadcast_to(t, (b,))
     chex.assert_shape(t, (b,))
+    context = mask = None
+    if isinstance(y, dict):
+      unknown = sorted(set(y) - {"label", "context", "mask"})
+      if unknown:
+        raise ValueError(f"UNet: unknown condition keys {unknown}; valid: label, context, mask")
+      context, mask, y = y.get("context"), y.get("mask"), y.get("label")
+    if self.cross_attention and context is None:
+      raise ValueError("UNet: cross_attention=True needs the text tokens: y={'context': "
+                       "[B, L, D], 'mask': [B, L]}")
+    if context is not None and not self.cross_attention:
+      raise ValueError("UNet: a text context was given but cross_attention is False")
+    if context is not None:
+      chex.assert_rank(context, 3)
+      chex.assert_axis_dimension(context, 0, b)
     if self.num_classes is not None:
       y = jnp.full((b,), self.num_classes, jnp.int32) if y is None else y
       y = embeddings.check_labels(y, self.num_classes)  # before any compute
@@ -310,6 +335,10 @@ class UNet(nn.Module):
                              resample, dt, name=name)
 
     def attn(name):
+      if self.cross_attention:
+        block = layers.TransformerBlock(self.num_heads, self.transformer_depth,
+                                        self.skip_rescale, dt, name=name)
+        return lambda h: block(h, context, mask)
       return layers.AttentionBlock(self.num_heads, self.skip_rescale, dt, name=name)
 
     levels = self._level_channels()

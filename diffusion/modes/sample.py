@@ -65,6 +65,8 @@ def sample(config, workdir: str) -> str:
   batch = min(s.batch_size, n - grid_n) if n > grid_n else 0
 
   t0 = time.time()
+  rows = conditions(exp)  # Labels / prompts: one grid row each.
+  nrow = grid_n // len(rows) if rows and grid_n % len(rows) == 0 else None
   traj_fn = exp.sample_fn(num_samples=grid_n, return_trajectory=True, mesh=mesh)
   first, traj = traj_fn(params, jax.random.fold_in(exp.sample_key, 0))
   first, traj_x = placement.to_host(first), placement.to_host(traj["x"])
@@ -80,23 +82,44 @@ def sample(config, workdir: str) -> str:
     for c in console.progress(range(1, 1 + calls), "sample", unit="call"):
       chunks.append(placement.to_host(chunk_fn(params, jax.random.fold_in(exp.sample_key, c))))
   images = np.clip(np.concatenate(chunks)[:n], -1.0, 1.0).astype(np.float32)
+  # What each sample was asked for: the grid call's, then every chunk's (cut to n).
+  extra = {}
+  if config.model.num_classes is not None:
+    extra["labels"] = np.concatenate([np.asarray(exp.labels_of(grid_n))] + [
+        np.asarray(exp.labels_of(batch))] * (len(chunks) - 1))[:n]
+  elif experiment.text_conditional(config):
+    extra["prompts"] = np.asarray((exp.prompts_of(grid_n) + exp.prompts_of(batch) * (
+        len(chunks) - 1))[:n] if batch else exp.prompts_of(grid_n)[:n])
 
-  out = _outputs(Workdir(workdir), step, output_tag(record, options, n))
+  out = _outputs(Workdir(workdir), step, output_tag(record, options, n, s))
   if jax.process_index() == 0:
-    visualize.save_png(out["png"], visualize.image_grid(images[:grid_n]))
-    save_npz(out["npz"], images=images)
+    visualize.save_png(out["png"], visualize.image_grid(images[:grid_n], nrow))
+    save_npz(out["npz"], images=images, **extra)
     save_npz(out["uint8.npz"], arr_0=visualize.to_uint8(images))
     visualize.save_gif(out["gif"], visualize.reverse_process_frames(
-        traj_x, first, s.gif_frames))
+        traj_x, first, s.gif_frames, nrow))
+  asked = (f"; rows: {', '.join(map(str, rows))}" if rows and nrow else "")
+  guided = f", guidance w={s.guidance}" if rows and s.guidance != 1.0 else ""
   console.echo(f"wrote {n} samples to {out['npz']} (uint8 arr_0: {out['uint8.npz']}), a grid "
                f"of {grid_n} to {out['png']} and its reverse process to {out['gif']} "
-               f"({s.method}, EMA params of step {step}, {time.time() - t0:.1f}s)")
+               f"({s.method}{guided}, EMA params of step {step}, {time.time() - t0:.1f}s)"
+               f"{asked}")
   return str(out["png"])
 
 
-def output_tag(record, options, num_samples: int) -> str:
+def conditions(exp) -> list:
+  """The labels (``sample.labels``) or prompts asked for, in grid-row order; []
+  when the grid is not one row per condition (unconditional, labels cycled)."""
+  s = exp.config.sample
+  if experiment.text_conditional(exp.config):
+    return experiment.prompt_list(s) or list(exp.default_prompts)
+  return list(experiment.parse_labels(s.labels, exp.config.model.num_classes))
+
+
+def output_tag(record, options, num_samples: int, section=None) -> str:
   """The sampler settings in a file name: the method, every option that differs
-  from its default, and N (``ddim_num_steps-50_eta-1.0_n1000``), so runs with other
+  from its default, the guidance and the labels, and N
+  (``ddim_num_steps-50_eta-1.0_guidance-3.0_labels-3-7_n1000``), so runs with other
   settings write other files."""
   try:
     defaults = type(options)()
@@ -104,6 +127,15 @@ def output_tag(record, options, num_samples: int) -> str:
     defaults = None
   changed = [f"{f.name}={getattr(options, f.name)}" for f in dataclasses.fields(options)
              if defaults is None or getattr(options, f.name) != getattr(defaults, f.name)]
+  if section is not None:
+    for key in ("guidance", "guidance_interval", "classifier_scale", "labels"):
+      default = {"guidance": 1.0, "classifier_scale": 0.0}.get(key, "")
+      if section[key] != default:
+        changed.append(f"{key}={str(section[key]).replace(',', '-')}")
+    if section.prompt or section.prompts_file:
+      import zlib  # pylint: disable=g-import-not-at-top
+      text = section.prompts_file or section.prompt
+      changed.append(f"prompts={zlib.crc32(text.encode()) & 0xFFFFFFFF:08x}")
   spec = record.name + (":" + ",".join(changed) if changed else "")
   return f"{entries.spec_filename(spec)}_n{num_samples}"
 

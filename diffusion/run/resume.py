@@ -29,7 +29,11 @@ RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.ckpt_every",
 ADDED_KEYS = {"model.downsample_padding": 1, "model.input_fourier": [], "diffusion.sigma_data": 0.5, "diffusion.p_mean": -1.2,
               "diffusion.p_std": 1.2, "diffusion.gamma": "learned", "diffusion.gamma_min": -13.3,
               "diffusion.gamma_max": 5.0, "diffusion.gamma_width": 1024, "diffusion.elbo_steps": 0,
-              "diffusion.variance_gradient": True, "diffusion.num_bins": 256}
+              "diffusion.variance_gradient": True, "diffusion.num_bins": 256,
+              "model.transformer_depth": 1, "cond.p_uncond": 0.0, "text.encoder": "none",
+              "text.captions": "attributes", "text.max_length": 16, "text.vocab_size": 1000, "text.width": 64,
+              "text.num_layers": 2, "text.num_heads": 4, "text.clip_weights": "",
+              "text.vocab_file": "", "text.merges_file": ""}
 # What each mode does anyway with --config.allow_config_change=True. "train"
 # may start a new workdir; the others read a trained one.
 MODES = (("train", "resume"), ("sample", "sample"), ("eval", "evaluate"), ("export", "export"))

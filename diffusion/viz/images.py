@@ -93,7 +93,7 @@ def save_png(path: str, grid: np.ndarray) -> None:
 
 
 def reverse_process_frames(trajectory: np.ndarray, final: np.ndarray,
-                           num_frames: int = 50) -> list[np.ndarray]:
+                           num_frames: int = 50, nrow: int | None = None) -> list[np.ndarray]:
   """Image grids of ``<= num_frames`` evenly spaced states of a sampler trajectory.
 
   Args:
@@ -102,6 +102,7 @@ def reverse_process_frames(trajectory: np.ndarray, final: np.ndarray,
     final: ``[N, H, W, C]`` the sampler's output; it replaces the last state
       (samplers return the noise-free mean at the end).
     num_frames: the most frames (``min(num_frames, S)``).
+    nrow: tiles per row (`image_grid`; default a square grid).
 
   Returns:
     uint8 grids (`image_grid`, values clipped to [-1, 1]), from noise to `final`.
@@ -109,7 +110,7 @@ def reverse_process_frames(trajectory: np.ndarray, final: np.ndarray,
   steps = trajectory.shape[0]
   idx = np.unique(np.round(np.linspace(0, steps - 1, min(num_frames, steps))).astype(int))
   frames = [np.asarray(trajectory[i]) for i in idx[:-1]] + [np.asarray(final)]
-  return [image_grid(np.clip(f, -1.0, 1.0)) for f in frames]
+  return [image_grid(np.clip(f, -1.0, 1.0), nrow) for f in frames]
 
 
 def save_gif(path: str, frames, duration_ms: int = 80, last_frame_ms: int = 1500) -> None:
