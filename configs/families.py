@@ -266,3 +266,13 @@ def guidance_eval() -> Family:
   (the conditional model), 2, 4 and 8, and w = 0 (the same network unconditional)."""
   return (dict(eval=dict(specs=tuple(f"ddim:steps=50,eta=0,guidance={w}"
                                      for w in ("0", "1", "2", "4", "8")))),)
+
+
+def text_conditional() -> Family:
+  """A CLIP-style text encoder (width 64, 2 layers, 4 heads, 12 tokens) trained with the
+  model on the attribute captions of `diffusion.data.captions` ("a thin 7 slanted to the
+  right"), the empty prompt dropped in at p_uncond = 0.1, grids at guidance w = 2 (one
+  row per prompt). Sizes chosen here for 8x8 / 28x28 digits on a CPU."""
+  return (dict(text=dict(encoder="trained", captions="attributes", max_length=12),
+               cond=dict(p_uncond=0.1), sample=dict(guidance=2.0),
+               eval=dict(bpd=False)),)

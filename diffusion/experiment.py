@@ -481,6 +481,7 @@ class Experiment:
   sample_key: jax.Array
   tokenizer: Any = None  # Text models: `data.tokenizers` (train: built from the captions).
   default_prompts: tuple[str, ...] = ()  # Text models: prompts of grids without sample.prompt.
+  text_bins: Any = None  # Attribute captions: the thresholds (`data.captions.AttributeBins`).
 
   def apply(self, params, x, c_noise, cond=None, rng=None):
     """The network: ``[B, H, W, C]``, ``[B]`` -> ``[B, H, W, C]``; a `rng` turns on dropout."""
@@ -801,6 +802,16 @@ def build(config, *, tokenizer=None, default_prompts=()) -> Experiment:
   return Experiment(config=config, model=build_model(config), process=noise_process(config),
                     tx=make_tx(config), state_key=state_key, sample_key=sample_key,
                     tokenizer=tokenizer, default_prompts=tuple(default_prompts))
+
+
+def with_trained_text(exp: Experiment, workdir) -> Experiment:
+  """A text model's `exp` with the tokenizer, attribute bins and default prompts its
+  train run saved in ``workdir/text/`` (`data.text.save`); others unchanged."""
+  if not text_conditional(exp.config):
+    return exp
+  from diffusion.data import text  # pylint: disable=g-import-not-at-top
+  tok, bins, prompts = text.load(workdir, exp.config.text)
+  return dataclasses.replace(exp, tokenizer=tok, text_bins=bins, default_prompts=tuple(prompts))
 
 
 def restore_ema_params(exp: Experiment, ckpt, step: int | None, mesh, warn=print):

@@ -57,6 +57,9 @@ class DataIterator(Iterator[dict]):
     self.batches_per_epoch = len(images) // batch_size
     self._epoch, self._position = 0, 0
     self._perm = self._permutation(0)
+    # Per-example arrays added to every batch under their keys (text models: "tokens"
+    # and "mask" of each example's caption, `diffusion.data.text.attach`).
+    self.extras: dict[str, np.ndarray] = {}
 
   def _permutation(self, epoch: int) -> np.ndarray:
     return np.random.default_rng([self.seed, epoch]).permutation(len(self.images))
@@ -102,7 +105,11 @@ class DataIterator(Iterator[dict]):
         images = np.concatenate([images.reshape((-1,) + shape),
                                  np.zeros((pad,) + shape, np.float32)])
         labels = np.concatenate([np.asarray(labels, np.int64), np.zeros(pad, np.int64)])
-      yield {"image": images.astype(np.float32), "label": np.asarray(labels).astype(np.int32)}
+      rows = perm[lo:min(lo + local_b, n)]
+      extra = {k: np.concatenate([v[rows], np.zeros((pad,) + v.shape[1:], v.dtype)])
+               for k, v in self.extras.items()}
+      yield {"image": images.astype(np.float32), "label": np.asarray(labels).astype(np.int32),
+             **extra}
 
   def __next__(self) -> dict[str, np.ndarray]:
     """``{"image": float32 [B / process_count, H, W, C] in [-1, 1], "label": int32 [...]}``."""
@@ -129,7 +136,8 @@ class DataIterator(Iterator[dict]):
     if self._position == self.batches_per_epoch:
       self._epoch, self._position = self._epoch + 1, 0
       self._perm = self._permutation(self._epoch)
-    return {"image": images.astype(np.float32), "label": labels.astype(np.int32)}
+    return {"image": images.astype(np.float32), "label": labels.astype(np.int32),
+            **{k: v[idx] for k, v in self.extras.items()}}
 
 
 def create(config, seed: int, process_index: int = 0, process_count: int = 1,

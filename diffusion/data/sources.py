@@ -127,6 +127,7 @@ class LazyExamples:
     self.get = get
     self.threads = threads
     self._pool = None
+    self.files: list[str] | None = None  # Image folders: example i's file.
 
   def __len__(self) -> int:
     return self.n
@@ -296,7 +297,9 @@ def _load_image_folder(directory: str, config):
       raise DataError(f"{files[i]} cannot be decoded ({_why(e)})") from e
 
   get(0)  # Fail now, not mid-training, if the images cannot be fitted.
-  return LazyExamples(len(files), get), None, 256
+  examples = LazyExamples(len(files), get)
+  examples.files = files  # Their captions (`data.captions.read_caption_files`) sit beside them.
+  return examples, None, 256
 
 
 def _load_files(config):

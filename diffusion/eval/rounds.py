@@ -52,15 +52,17 @@ def extractor_input(images, quantize: bool) -> np.ndarray:
 
 
 def score(config, local_chunks, n: int, bs: int, ref: Reference,
-          desc: str = "eval", labels=None) -> tuple[dict, object]:
+          desc: str = "eval", labels=None, prompts=None, bins=None) -> tuple[dict, object]:
   """Metrics of `n` images that arrive as calls of `bs`: `local_chunks` yields
   this process's rows of each call (all of it with one process); features are
   extracted per process and gathered in order, the last call cut to `n`. A
   progress bar (`desc`, one step per call, with ETA) shows on process 0."""
   e = config.eval
-  stats, kept, logits = None, [], []
+  stats, kept, logits, shown = None, [], [], []
   calls = console.progress(local_chunks, desc, unit="call", total=-(-n // bs))
   for c, images in enumerate(calls):
+    if prompts is not None:  # Text models: the samples are measured against their prompts.
+      shown.append(placement.gather_rows(np.asarray(images, np.float32))[:n - c * bs])
     feats, lg = ref.extract(extractor_input(images, e.quantize))
     feats = placement.gather_rows(feats)[:n - c * bs]
     lg = placement.gather_rows(lg)[:n - c * bs]
@@ -82,6 +84,11 @@ def score(config, local_chunks, n: int, bs: int, ref: Reference,
     hits = np.argmax(logits, -1) == asked
     extra = {"label_accuracy": float(hits.mean()),
              "label_accuracy_se": float(np.sqrt(hits.mean() * (1 - hits.mean()) / n))}
+  if prompts is not None and bins is not None:
+    from diffusion.data import captions  # pylint: disable=g-import-not-at-top
+    agree = captions.agreement(list(prompts)[:n], np.concatenate(shown), bins,
+                               predicted_labels=np.argmax(logits, -1))
+    extra["prompt_agreement"] = {k: v for k, v in agree.items() if isinstance(v, dict)}
   return {"num_samples": n, "fid": metrics.fid(stats, ref.stats), "kid": kid_mean, **extra,
           "kid_std": kid_std, "inception_score": is_mean, "inception_score_std": is_std,
           "precision": precision, "recall": recall}, stats
@@ -117,8 +124,11 @@ def sampler_round(exp, entry: specs.Entry, params, ref: Reference, mesh=None):
   labels = None
   if exp.config.model.num_classes is not None and exp.config.eval.features == "classifier":
     labels = np.tile(np.asarray(exp.labels_of(bs, cfg.sample)), -(-n // bs))
+  prompts = None
+  if exp.text_bins is not None and exp.config.eval.features == "classifier":
+    prompts = exp.prompts_of(bs, cfg.sample) * (-(-n // bs))
   scores, stats = score(exp.config, chunks(), n, bs, ref, desc=f"eval {entry.name}",
-                        labels=labels)
+                        labels=labels, prompts=prompts, bins=exp.text_bins)
   s, sample_s = cfg.sample, timing["sample_s"]
   row = {"spec": entry.name, "method": s.method, "steps": specs.sampler_steps(cfg),
          "nfe": specs.nfe(cfg),

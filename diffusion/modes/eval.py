@@ -89,12 +89,17 @@ def evaluate(config, workdir: str) -> dict:
   (`eval.bpd`) and the report (`eval.report`). Kept as one linear driver (~60
   lines) so the order of the work reads top to bottom.
   """
+  e = config.eval
   with checks.config_errors():
     entries, mesh = check(config)
     exp = experiment.build(config)  # Every key's range, before any long compute.
     features.resolve_defaults(config)  # May train the project's classifier once (cached).
     extract = features.make_extractor(config.eval)
     resume.check_config(config, workdir, write=False, mode="eval")
+    exp = experiment.with_trained_text(exp, workdir)
+    if e.bpd and experiment.text_conditional(config):
+      raise checks.ConfigError("config.eval.bpd=True: bits/dim of text-conditional models is not "
+                               "built yet; set config.eval.bpd=False")
   held = lock.hold(workdir, "eval", echo=console.echo)
   try:
     return _evaluate(config, workdir, exp, entries, mesh, extract)

@@ -54,6 +54,7 @@ def sample(config, workdir: str) -> str:
                        f"config.sample.method={s.method!r} with these options has none (e.g. "
                        "config.sample.ode_method='rk45'): use 'euler' or 'heun'")
     resume.check_config(config, workdir, write=False, mode="sample")
+    exp = experiment.with_trained_text(exp, workdir)
   # The params are replicated on every device of every process (several
   # processes restore collectively into global arrays); each sampler call is
   # split over all devices where they divide its batch, and process 0 writes.

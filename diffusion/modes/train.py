@@ -20,7 +20,9 @@ images. The workdir's layout is `run.workdir.Workdir`'s.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
+import os
 import signal
 import threading
 import time
@@ -207,10 +209,30 @@ def prepare(config, workdir):
     resume.check_config(config, workdir, write=False)
     it = data.create(config.data, seed=config.seed, process_index=jax.process_index(),
                      process_count=jax.process_count())
+    if experiment.text_conditional(config):
+      exp = _text_data(exp, it, workdir)
     position = it.get_state()
     check_labels(config, it, next(it))
     it.set_state(position)
   return exp, it
+
+
+def _text_data(exp, it, workdir):
+  """Captions every example (`data.text`), adds its tokens to the batches and returns
+  `exp` with the tokenizer. A resumed run reuses its saved tokenizer and bins."""
+  from diffusion.data import text  # pylint: disable=g-import-not-at-top
+  config = exp.config
+  saved = os.path.exists(os.path.join(os.fspath(workdir), text.TEXT_DIR, "prompts.json"))
+  if saved:
+    tok, bins, prompts = text.load(workdir, config.text)
+    captions, _ = text.dataset_captions(it, config, bins)
+  else:
+    captions, bins = text.dataset_captions(it, config)
+    tok = text.build_tokenizer(config.text, captions)
+    prompts = text.default_prompts(config.text, captions)
+  text.attach(it, tok, captions)
+  console.echo(f"text: {len(captions)} captions (e.g. {captions[0]!r}), {tok.vocab_size} tokens")
+  return dataclasses.replace(exp, tokenizer=tok, text_bins=bins, default_prompts=tuple(prompts))
 
 
 # The compiled programs of this process's earlier runs, by the config and the
@@ -307,6 +329,9 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
           jax.block_until_ready(metrics)
           console.echo(f"compiled and ran the first train step in {time.time() - clock.t_log:.1f}s")
           resume.write_config(config, workdir)
+          if experiment.text_conditional(config) and jax.process_index() == 0:
+            from diffusion.data import text  # pylint: disable=g-import-not-at-top
+            text.save(workdir, exp.tokenizer, exp.text_bins, exp.default_prompts)
           if ckpt is None:
             ckpt = checkpoint.Checkpointer(wd.checkpoints_dir, tc.keep_checkpoints)
           writer = sinks.MetricWriter(workdir, config, start_step=step - k)
