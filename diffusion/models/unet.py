@@ -87,7 +87,9 @@ class UNet(nn.Module):
     cross_attention: text conditioning: every attention block (the listed
       resolutions and the middle) is a `layers.TransformerBlock` whose
       cross-attention reads the text tokens ``cond["context"] [B, L, D]`` (with the
-      padding mask ``cond["mask"] [B, L]``), as the latent-diffusion UNet does.
+      padding mask ``cond["mask"] [B, L]``), as the latent-diffusion UNet does; and
+      the mean of the unmasked tokens, through a Dense, is added to the time
+      embedding (Imagen's pooled text embedding), so every ResBlock sees the text too.
     transformer_depth: sub-block repeats of each TransformerBlock.
     dtype: computation dtype (float32, bfloat16 or float16); parameters are
       always float32 and the output is float32.
@@ -321,6 +323,10 @@ class UNet(nn.Module):
     emb = layers.dense(emb_dim, dt, name="temb_dense1")(nn.silu(emb))
     if self.num_classes is not None:
       emb = emb + embeddings.ClassEmbedding(self.num_classes, emb_dim, name="class_emb")(y)
+    if context is not None:  # The mean of the unmasked tokens, added to the time embedding.
+      m = jnp.ones(context.shape[:2], jnp.float32) if mask is None else mask.astype(jnp.float32)
+      pooled = jnp.sum(context * m[..., None], 1) / jnp.maximum(jnp.sum(m, 1, keepdims=True), 1.0)
+      emb = emb + layers.dense(emb_dim, dt, name="text_emb")(pooled.astype(dt))
 
     if self.input_fourier:  # Before padding: the padded border stays zero in every channel.
       x = jnp.concatenate(
