@@ -604,9 +604,19 @@ class Experiment:
       return self.tokenize(self.prompts_of(n, section))
     return self.labels_of(n, section)
 
-  def guide(self, den, params, inputs, section=None, n=None):
+  def noisy_classifier(self, section=None):
+    """``(log_prob, num_classes)`` of ``sample.classifier_path`` when
+    ``classifier_scale > 0`` (loaded once, outside any trace), else None."""
+    s = self.config.sample if section is None else section
+    if s.classifier_scale <= 0:
+      return None
+    from diffusion.models import classifier  # pylint: disable=g-import-not-at-top
+    return classifier.noisy_log_prob(s.classifier_path, self.process)
+
+  def guide(self, den, params, inputs, section=None, n=None, classifier=None):
     """`den` with the guidance of ``sample`` (or `section`): classifier-free
-    (``guidance``, ``guidance_interval``) and classifier guidance (``classifier_scale``)."""
+    (``guidance``, ``guidance_interval``) and classifier guidance (``classifier_scale``,
+    with `classifier` from `noisy_classifier`; loaded here when not given)."""
     from diffusion.core import guidance  # pylint: disable=g-import-not-at-top
     s = self.config.sample if section is None else section
     interval = parse_interval(s.guidance_interval)
@@ -615,8 +625,7 @@ class Experiment:
       den = guidance.ClassifierFree(den, self.condition(params, self.null_inputs(n)),
                                     float(s.guidance), interval)
     if s.classifier_scale > 0:
-      from diffusion.models import classifier  # pylint: disable=g-import-not-at-top
-      log_prob, k = classifier.noisy_log_prob(s.classifier_path, self.process)
+      log_prob, k = classifier or self.noisy_classifier(section)
       labels = inputs if class_conditional(self.config) else (
           jnp.arange(n, dtype=jnp.int32) % k if n else None)
       den = guidance.ClassifierGuided(den, log_prob, labels, float(s.classifier_scale))
@@ -688,9 +697,11 @@ class Experiment:
 
     learned = learned_schedule(config)
 
+    classifier = self.noisy_classifier(section)
+
     def sample_fn(params, rng):
       den = self.denoiser(params, self.condition(params, inputs), shard=split)
-      den = self.guide(den, params, inputs, section, n)
+      den = self.guide(den, params, inputs, section, n, classifier)
       out = record.run(den, den.process if learned else process, rng, shape, options, **traj)
       if sharding is None:
         return out

@@ -236,7 +236,8 @@ def test_noisy_classifier_and_classifier_guidance(digits, digit_classifier, clas
   and pure noise at chance (t = T - 1, alpha_bar = 4e-5 on the linear schedule: 1/10
   within 3 SE at n = 297, i.e. < 0.1 + 0.052); saved and loaded it guides: the
   conditional model's unconditional half (the null label) with classifier guidance
-  s = 4 makes the asked digit far above chance (> 0.1 + 3 SE = 0.164 at n = 200)."""
+  s = 4 makes the asked digit far above chance (> 0.1 + 3 SE = 0.164 at n = 200;
+  measured 0.940)."""
   x, y = digits
   exp, params = class_model
   sched = exp.process
