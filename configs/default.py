@@ -307,6 +307,9 @@ def get_config(arg=None):
   # "lo,hi": apply w only where sigma / alpha lies in (lo, hi] (Kynkaenniemi et al.
   # 2024); elsewhere w = 1. "" = every step.
   sample.guidance_interval = ""
+  # --mode sample: "1,2,4,8" writes instead one labelled figure, rows = labels /
+  # prompts, a block of columns per w, the same noise in every block.
+  sample.guidance_sweep = ""
   # Text models: prompts separated by "|" (one grid row each), or a file of prompts,
   # one per line; both "": the training captions' first prompts.
   sample.prompt = ""

@@ -259,3 +259,39 @@ def test_noisy_classifier_and_classifier_guidance(digits, digit_classifier, clas
   rate = float(np.mean(digit_classifier(samples) == np.asarray(asked)))
   print(f"classifier guidance s=4 on the unconditional half: {rate:.3f}")
   assert rate > 0.1 + 3 * np.sqrt(0.09 / 200), rate
+
+
+def test_sample_cli_rows_per_label_and_the_guidance_sweep(tmp_path):
+  """`--mode sample --config.sample.labels=3,7 --config.sample.guidance=3` writes N/2
+  samples of each label (saved with them) as a grid of two rows; the guidance sweep's
+  w = 1 and w = 3 blocks are, image for image, what --mode sample writes at those weights
+  (the same key and labels), and the blocks differ from each other."""
+  from diffusion import main as main_lib  # pylint: disable=g-import-not-at-top
+  from diffusion.modes import sample as sample_mode  # pylint: disable=g-import-not-at-top
+  from diffusion.modes import train as train_mode  # pylint: disable=g-import-not-at-top
+  del main_lib
+  config = digits_ddpm_cond.get_config()
+  config.model.ch = 16
+  config.train.update(num_steps=2, log_every=2, ckpt_every=2, sample_every=0)
+  # The class embedding starts at zero: a large first step moves it off, so that the
+  # conditional and unconditional halves differ after 2 steps.
+  config.optim.update(warmup_steps=0, lr=3e-2)
+  config.ema.update(warmup=False, decay=0.0)
+  config.sample.update(num_steps=5, num_samples=8, grid_size=8, labels="3,7", guidance=3.0)
+  wd = str(tmp_path / "wd")
+  train_mode.train_and_evaluate(config, wd)
+  png = sample_mode.sample(config, wd)
+  with np.load(png[:-len(".png")] + ".npz") as f:
+    labels, guided = f["labels"], f["images"]
+  np.testing.assert_array_equal(labels, [3] * 4 + [7] * 4)
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  h = np.asarray(Image.open(png)).shape[0]
+  tile = 8 * 4  # 8x8 images upscaled to >= 32 pixels (viz.images.tile_scale).
+  assert h == 2 * (tile + 2) + 2  # Two rows: one per label.
+  config.sample.guidance = 1.0
+  plain = np.load(sample_mode.sample(config, wd)[:-len(".png")] + ".npz")["images"]
+  config.sample.guidance_sweep = "1,3"
+  sweep = np.load(sample_mode.guidance_sweep(config, wd)[:-len(".png")] + ".npz")
+  np.testing.assert_allclose(sweep["images"][0], plain, atol=1e-6)
+  np.testing.assert_allclose(sweep["images"][1], guided, atol=1e-6)
+  assert np.abs(guided - plain).max() > 1e-3

@@ -46,6 +46,8 @@ def sample(config, workdir: str) -> str:
     The PNG path.
   """
   s = config.sample
+  if s.guidance_sweep.strip():
+    return guidance_sweep(config, workdir)
   with checks.config_errors():
     exp = experiment.build(config)
     record, options, on = exp.sampler()
@@ -150,3 +152,69 @@ def _outputs(wd: Workdir, step: int, tag: str) -> dict:
     n += 1
     name = f"{tag}-{n}"
   return {ext: wd.final_samples(step, ext, name) for ext in exts}
+
+
+def _sweep_weights(text: str) -> list[float]:
+  try:
+    ws = [float(v) for v in text.split(",") if v.strip()]
+  except ValueError:
+    raise checks.ConfigError(f"config.sample.guidance_sweep={text!r}: expected weights like "
+                             "'1,2,4,8'") from None
+  if not ws or any(not w >= 0 for w in ws):
+    raise checks.ConfigError(f"config.sample.guidance_sweep={text!r}: weights must be >= 0")
+  return ws
+
+
+def guidance_sweep(config, workdir: str) -> str:
+  """``sample.guidance_sweep="1,2,4,8"``: one figure of the conditions (rows: the labels
+  of ``sample.labels`` or 0..K-1, or the prompts) against the guidance weights (a block
+  of columns per w), every block drawn from the same noise and key, so a column shows
+  what w alone changes. ``grid_size`` images per w (rounded down to a multiple of the
+  rows). Writes ``samples/final_XXXXXX_guidance_sweep-1-2-4-8_<tag>.png`` (labelled) and
+  ``.npz`` (``images [W, N, H, W, C]``, ``weights``, the conditions). Returns the PNG path."""
+  s = config.sample
+  with checks.config_errors():
+    ws = _sweep_weights(s.guidance_sweep)
+    exp = experiment.build(config)
+    record, options, _ = exp.sampler()
+    resume.check_config(config, workdir, write=False, mode="sample")
+    exp = experiment.with_trained_text(exp, workdir)
+    rows = conditions(exp)
+    if not rows and config.model.num_classes is not None:
+      rows = list(range(config.model.num_classes))
+      s.labels = ",".join(map(str, rows))
+    if not rows:
+      raise checks.ConfigError("config.sample.guidance_sweep needs a conditional model")
+    per_row = max(1, s.grid_size // len(rows))
+    for w in ws:  # Every weight must be allowed (a trained null condition, w >= 0).
+      section = s.copy_and_resolve_references()
+      section.guidance = w
+      experiment.check_conditioning(config, section)
+  mesh = placement.make_mesh()
+  with checkpoint.Checkpointer(Workdir(workdir).checkpoints_dir, None) as ckpt:
+    params, step = experiment.restore_ema_params(exp, ckpt, s.checkpoint_step, mesh,
+                                                 warn=console.echo)
+  n = per_row * len(rows)
+  blocks = []
+  for w in console.progress(ws, "guidance sweep", unit="w"):
+    section = s.copy_and_resolve_references()
+    section.guidance = w
+    fn = exp.sample_fn(section, num_samples=n, mesh=mesh)
+    blocks.append(np.clip(placement.to_host(fn(params, jax.random.fold_in(exp.sample_key, 0))),
+                          -1.0, 1.0))
+  images = np.stack(blocks)  # [W, rows * per_row, H, W, C], row-major by condition.
+  h, wd, c = images.shape[2:]
+  tiles = images.reshape(len(ws), len(rows), per_row, h, wd, c).transpose(1, 0, 2, 3, 4, 5)
+  grid = visualize.image_grid(tiles.reshape(-1, h, wd, c), len(ws) * per_row)
+  tag = f"guidance_sweep-{'-'.join(f'{w:g}' for w in ws)}_{output_tag(record, options, n)}"
+  out = _outputs(Workdir(workdir), step, tag)
+  if jax.process_index() == 0:
+    visualize.save_labelled(out["png"], grid, row_labels=[str(r) for r in rows],
+                            col_labels=[f"w = {w:g}" for w in ws],
+                            title=f"{s.method}, EMA params of step {step}; the same noise in "
+                                  "every block")
+    save_npz(out["npz"], images=images.astype(np.float32), weights=np.asarray(ws),
+             conditions=np.asarray([str(r) for r in rows]))
+  console.echo(f"wrote the guidance sweep (w = {', '.join(f'{w:g}' for w in ws)}; rows: "
+               f"{', '.join(map(str, rows))}) to {out['png']} and {out['npz']}")
+  return str(out["png"])
