@@ -295,3 +295,35 @@ def test_sample_cli_rows_per_label_and_the_guidance_sweep(tmp_path):
   np.testing.assert_allclose(sweep["images"][0], plain, atol=1e-6)
   np.testing.assert_allclose(sweep["images"][1], guided, atol=1e-6)
   assert np.abs(guided - plain).max() > 1e-3
+
+
+def test_caption_files_of_an_image_folder_reach_every_batch(tmp_path):
+  """An image folder with a .txt caption beside each image (`text.captions="files"`):
+  every example's caption is read, tokenized and carried by the batches in the data's
+  order (each batch's tokens are its own images' captions); without captions, one line."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from diffusion.data import iterator as data  # pylint: disable=g-import-not-at-top
+  folder = tmp_path / "imgs"
+  folder.mkdir()
+  texts = ["a bright square", "a dark square", "a grey bar", "two dots"]
+  for i, t in enumerate(texts):
+    Image.fromarray(np.full((8, 8), 40 * i + 10, np.uint8)).save(folder / f"im{i}.png")
+    (folder / f"im{i}.txt").write_text(t + "\n")
+  config = digits_text.get_config()
+  config.data.update(source="files", data_dir=str(folder), batch_size=2, image_size=8,
+                     channels=1)
+  config.text.captions = "files"
+  it = data.create(config.data, seed=0)
+  found, bins = text_data.dataset_captions(it, config)
+  assert found == texts and bins is None
+  tok = text_data.build_tokenizer(config.text, found)
+  text_data.attach(it, tok, found)
+  for _ in range(2):
+    b = next(it)
+    # Each image's pixel value names its file: 40 i + 10 -> caption i.
+    idx = np.round((np.asarray(b["image"])[:, 0, 0, 0] + 1) / 2 * 255 - 10).astype(int) // 40
+    np.testing.assert_array_equal(b["tokens"], tok.encode([texts[i] for i in idx])[0])
+  (folder / "im0.txt").unlink()
+  it = data.create(config.data, seed=0)
+  with pytest.raises(ValueError, match="im0"):
+    text_data.dataset_captions(it, config)

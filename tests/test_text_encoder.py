@@ -364,3 +364,60 @@ def test_the_word_tokenizer_builds_a_deterministic_vocabulary(tmp_path):
     tokenizers.WordTokenizer.from_json('{"kind": "clip"}')
   with pytest.raises(FileNotFoundError, match="no such file or folder"):
     tokenizers.load(tmp_path / "missing.json")
+
+
+def test_a_frozen_clip_text_model_trains_around_its_fixed_encoder(clip_files, tmp_path):
+  """`text.encoder="clip"`: the converted encoder's weights are the train state's
+  ``params["text"]`` (equal to the file), CLIP's tokenizer reads the prompts, and two
+  train steps move the UNet but leave the encoder bit-identical (frozen by the
+  optimizer), while the UNet's loss still depends on the encoder's embeddings."""
+  from configs import digits_text  # pylint: disable=g-import-not-at-top
+  from diffusion import experiment  # pylint: disable=g-import-not-at-top
+  from diffusion.dist import compile as compile_lib  # pylint: disable=g-import-not-at-top
+  from diffusion.dist import placement  # pylint: disable=g-import-not-at-top
+  from diffusion.train import step as train_step  # pylint: disable=g-import-not-at-top
+  tok = tokenizers.CLIPTokenizer.from_files(clip_files / "vocab.json", clip_files / "merges.txt",
+                                            max_length=16)
+  torch.manual_seed(0)
+  hf = transformers.CLIPTextModel(transformers.CLIPTextConfig(
+      vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+      num_attention_heads=4, max_position_embeddings=16, bos_token_id=tok.bos_id,
+      eos_token_id=tok.eos_id, pad_token_id=tok.pad_id))
+  hf.save_pretrained(tmp_path / "hf")
+  encoder, params = te.load_hf_folder(tmp_path / "hf")
+  te.save_params(tmp_path / "clip.npz", encoder, params)
+  config = digits_text.get_config()
+  config.model.ch = 16
+  config.data.batch_size = 8
+  config.optim.warmup_steps = 0
+  config.text.update(encoder="clip", clip_weights=str(tmp_path / "clip.npz"), max_length=16,
+                     vocab_file=str(clip_files / "vocab.json"),
+                     merges_file=str(clip_files / "merges.txt"))
+  exp = experiment.build(config)
+  state = exp.init_state()
+  for a, b in zip(jax.tree.leaves(state.params["text"]), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(np.asarray(a), b)
+  inputs = exp.tokenize(["a thin 3", "a thick 7 slanted to the left"] * 4)
+  np.testing.assert_array_equal(np.asarray(inputs["tokens"]),
+                                tok.encode(["a thin 3", "a thick 7 slanted to the left"] * 4)[0])
+  batch = {"image": np.zeros((8, 8, 8, 1), np.float32) + 0.1, "label": np.zeros(8, np.int32),
+           **{k: np.asarray(v) for k, v in inputs.items()}}
+  step = compile_lib.compile_step(train_step.make_train_step(exp.loss_fn, exp.tx, config),
+                                  "jit", placement.make_mesh(jax.devices()[:1]))
+  before = jax.tree.map(np.array, state.params)  # Copies: the step donates the state.
+  new = step.replicate(state)
+  for _ in range(2):
+    new, _ = step(new, step.shard_batch(batch))
+  new = step.unreplicate(new)
+  for a, b in zip(jax.tree.leaves(new.params["text"]), jax.tree.leaves(before["text"])):
+    np.testing.assert_array_equal(np.asarray(a), b)
+  moved = [float(np.abs(np.asarray(a) - b).max())
+           for a, b in zip(jax.tree.leaves(new.params["net"]), jax.tree.leaves(before["net"]))]
+  assert max(moved) > 1e-4
+  # The encoder's output reaches the loss: other prompts, another loss.
+  other = dict(batch, tokens=np.asarray(exp.tokenize(["a 5"] * 8)["tokens"]),
+               mask=np.asarray(exp.tokenize(["a 5"] * 8)["mask"]))
+  key = jax.random.PRNGKey(0)
+  loss_a = float(exp.loss_fn(new.params, batch, key)[0])
+  loss_b = float(exp.loss_fn(new.params, other, key)[0])
+  assert abs(loss_a - loss_b) > 1e-6
