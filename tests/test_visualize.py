@@ -236,3 +236,18 @@ def test_fid_vs_nfe_plot_and_table_compare_several_models(tmp_path):
   assert pivot[2] == "| `ddim:steps=10,eta=0` | 10 | 85.6 | 86.6 |"
   assert pivot[-2] == "| `data:test` (real images: the floor) | - | 30.6 | 30.6 |"
   assert pivot[-1].endswith("| 1.617 ± 0.039 (ddpm_vlb) | 2.500 ± 0.100 (ddpm_vlb) |")
+
+
+def test_guidance_table_rates_carry_their_binomial_standard_errors():
+  """`tables.guidance_markdown`: label accuracy 0.9 of 256 samples prints ± sqrt(0.9 * 0.1 /
+  256) = 0.019; a text model's attribute rates use the number of prompts naming them."""
+  from diffusion.viz import tables  # pylint: disable=g-import-not-at-top
+  row = dict(spec="ddim:steps=50,eta=0,guidance=4", method="ddim", settings={"guidance": 4.0},
+             fid=12.345, inception_score=8.5, num_samples=256, label_accuracy=0.9)
+  md = tables.guidance_markdown({"rounds": [row]})
+  assert "| `ddim:steps=50,eta=0,guidance=4` | 4.0 | 12.35 | 8.50 | 0.900 ± 0.019 |" in md
+  text = dict(row, label_accuracy=None, prompt_agreement={
+      "digit": {"agreement": 0.5, "count": 100.0, "chance": 0.1},
+      "thickness": {"agreement": 0.64, "count": 25.0, "chance": 1 / 3}})
+  md = tables.guidance_markdown({"rounds": [text]})
+  assert "0.500 ± 0.050 | 0.640 ± 0.096 | - | - |" in md

@@ -88,7 +88,8 @@ def score(config, local_chunks, n: int, bs: int, ref: Reference,
     from diffusion.data import captions  # pylint: disable=g-import-not-at-top
     agree = captions.agreement(list(prompts)[:n], np.concatenate(shown), bins,
                                predicted_labels=np.argmax(logits, -1))
-    extra["prompt_agreement"] = {k: v for k, v in agree.items() if isinstance(v, dict)}
+    extra["prompt_agreement"] = {k: {kk: float(vv) for kk, vv in v.items()}
+                                 for k, v in agree.items() if isinstance(v, dict)}
   return {"num_samples": n, "fid": metrics.fid(stats, ref.stats), "kid": kid_mean, **extra,
           "kid_std": kid_std, "inception_score": is_mean, "inception_score_std": is_std,
           "precision": precision, "recall": recall}, stats

@@ -180,6 +180,12 @@ def main(argv=None) -> None:
     if None in results_tables:
       visualize.metric_vs_nfe_plot(path, first["rounds"], "fid",
                                    title=f"{about}, step {first['step']}")
+      if any(r.get("label_accuracy") is not None or r.get("prompt_agreement")
+             for r in first["rounds"]):
+        md = os.path.join(args.out, "guidance.md")
+        with open(md, "w") as f:
+          f.write(tables.guidance_markdown(first))
+        print(f"wrote {md}")
     else:
       steps = sorted({t["step"] for t in results_tables.values()})
       visualize.metric_vs_nfe_plot(

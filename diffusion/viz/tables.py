@@ -70,3 +70,35 @@ def pivot_markdown(tables: dict, metric: str = "fid") -> str:
                f"({b['method']})" if b else "-")
   lines.append("| bits/dim ± standard error | - | " + " | ".join(bpd) + " |")
   return "\n".join(lines) + "\n"
+
+
+def guidance_markdown(results: dict) -> str:
+  """The guidance table of a conditional model's ``results.json``: a row per sampler spec
+  with its guidance weight w, FID, IS and how often the samples are what they were asked
+  for: the label accuracy (class models) or the agreement per attribute a prompt names
+  (text models: digit, thickness, slant, size), each ± its binomial standard error
+  ``sqrt(p (1 - p) / n)`` (n: the samples, or the prompts naming that attribute)."""
+  rounds = results["rounds"]
+  text = any(r.get("prompt_agreement") for r in rounds)
+  attrs = ("digit", "thickness", "slant", "size")
+  head = ["sampler", "w", "FID", "IS"] + (
+      [f"{a} agreement" for a in attrs] if text else ["label accuracy"])
+  lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+  def rate(p, n):
+    if p is None or n is None or n == 0 or p != p:
+      return "-"
+    return f"{p:.3f} ± {(p * (1 - p) / n) ** 0.5:.3f}"
+
+  for r in rounds:
+    w = r.get("settings", {}).get("guidance", "-") if r["method"] != "data" else "-"
+    cells = [f"`{r['spec']}`", str(w), fmt(r["fid"], digits=2), fmt(r["inception_score"])]
+    if text:
+      agree = r.get("prompt_agreement") or {}
+      cells += [rate(agree.get(a, {}).get("agreement"), agree.get(a, {}).get("count"))
+                for a in attrs]
+    else:
+      cells.append(rate(r.get("label_accuracy"), r["num_samples"])
+                   if r.get("label_accuracy") is not None else "-")
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
