@@ -327,3 +327,26 @@ def test_caption_files_of_an_image_folder_reach_every_batch(tmp_path):
   it = data.create(config.data, seed=0)
   with pytest.raises(ValueError, match="im0"):
     text_data.dataset_captions(it, config)
+
+
+def test_classify_noisy_command_writes_a_classifier_that_guidance_loads(tmp_path):
+  """`python -m diffusion.classify --config configs/digits_ddpm_cond.py --out DIR --noisy`
+  writes a noise-aware classifier of the config's process, its accuracy at t = 0 and at
+  the middle of the process recorded (t = 0 above the middle: less noise, more accuracy),
+  which `config.sample.classifier_path` loads; a clean-image classifier is refused."""
+  from diffusion.models import classifier as models_classifier  # pylint: disable=g-import-not-at-top
+  out = tmp_path / "noisy"
+  info = classify.main(["--config", "configs/digits_ddpm_cond.py", "--out", str(out), "--noisy",
+                        "--steps", "150", "--test_split", ""])
+  acc = info["noisy_accuracy"]
+  assert acc["t=0"] > 0.8 and acc["t=0"] > acc["t=mid"], acc
+  exp = experiment.build(digits_ddpm_cond.get_config())
+  log_prob, k = models_classifier.noisy_log_prob(str(out), exp.process)
+  x = jnp.zeros((3, 8, 8, 1))
+  lp = np.asarray(log_prob(x, jnp.array([0, 500, 999]), jnp.array([1, 2, 3])))
+  assert k == 10 and lp.shape == (3,) and np.all(lp < 0)
+  clean = tmp_path / "clean"
+  classify.main(["--config", "configs/digits_ddpm_cond.py", "--out", str(clean), "--steps", "5",
+                 "--test_split", ""])
+  with pytest.raises(checks.ConfigError, match="--noisy"):
+    models_classifier.noisy_log_prob(str(clean), exp.process)
