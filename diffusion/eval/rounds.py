@@ -22,6 +22,13 @@ from diffusion.eval import entries as specs
 _NOT_SETTINGS = ("num_samples", "batch_size", "grid_size", "gif_frames", "checkpoint_step")
 
 
+def settings(section) -> dict:
+  """The ``config.sample`` keys that say how a round's images are drawn (sampler options,
+  guidance, labels, prompts): part of the round's identity (a re-run with other
+  settings recomputes it)."""
+  return {k: section[k] for k in sorted(section.keys()) if k not in _NOT_SETTINGS}
+
+
 @dataclasses.dataclass(frozen=True)
 class Reference:
   """What every round is scored against: the extractor ``images -> (features,
@@ -133,7 +140,7 @@ def sampler_round(exp, entry: specs.Entry, params, ref: Reference, mesh=None):
   s, sample_s = cfg.sample, timing["sample_s"]
   row = {"spec": entry.name, "method": s.method, "steps": specs.sampler_steps(cfg),
          "nfe": specs.nfe(cfg),
-         "settings": {k: s[k] for k in sorted(s.keys()) if k not in _NOT_SETTINGS},
+         "settings": settings(s),
          **scores, "time_s": sample_s, "compile_s": compile_s,
          "samples_per_s": n / sample_s if sample_s > 0 else None}
   return row, stats

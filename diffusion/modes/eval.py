@@ -123,13 +123,16 @@ def _evaluate(config, workdir, exp, entries, mesh, extract) -> dict:
   for i, entry in enumerate(todo):
     name = entry if isinstance(entry, str) else entry.name
     path = wd.round_file(spec_filename(name))
-    row = cache.load_done(path, ident)
+    drawn = ({"settings": {"split": e.baseline_split}} if isinstance(entry, str)
+             else {"settings": rounds.settings(entry.config.sample)})
+    row = cache.load_done(path, {**ident, **drawn})
     if row is not None:
       console.echo(f"eval: skipping {name} (done: {path})")
       done_rounds.append(row)
       continue
     if path.exists():
-      console.echo(f"eval: recomputing {name}: {path} is of another step, N or extractor")
+      console.echo(f"eval: recomputing {name}: {path} is of another step, N, extractor or "
+                   "sampler settings")
     if ref is None:
       ref = rounds.Reference(extract, *features.reference_stats(config, workdir, extract))
     of = f"(round {i + 1} of {len(todo)})"
