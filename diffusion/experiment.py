@@ -574,21 +574,25 @@ class Experiment:
     return jax.tree.map(lambda a, b: jnp.where(drop.reshape((n,) + (1,) * (a.ndim - 1)), b, a),
                         inputs, null)
 
-  def labels_of(self, n: int, section=None):
+  def labels_of(self, n: int, section=None, cycle: bool = False):
     """The labels of `n` samples: ``sample.labels`` "3,7" in equal blocks (sample i gets
-    ``labels[i k // n]``), else ``0..num_classes-1`` cycled; None if unconditional."""
+    ``labels[i k // n]``: grid rows) or, with `cycle`, in turn (``labels[i % k]``: what
+    eval rounds use, so that every split of the Inception Score sees every label), else
+    ``0..num_classes-1`` cycled; None if unconditional."""
     k = self.config.model.num_classes
     s = self.config.sample if section is None else section
     chosen = parse_labels(s.labels, k)
     if chosen:
-      return jnp.asarray([chosen[i * len(chosen) // n] for i in range(n)], jnp.int32)
+      pick = (lambda i: i % len(chosen)) if cycle else (lambda i: i * len(chosen) // n)
+      return jnp.asarray([chosen[pick(i)] for i in range(n)], jnp.int32)
     if k is None:
       return None
     return jnp.arange(n, dtype=jnp.int32) % k
 
-  def prompts_of(self, n: int, section=None) -> list[str] | None:
+  def prompts_of(self, n: int, section=None, cycle: bool = False) -> list[str] | None:
     """The prompts of `n` samples (text models): ``sample.prompt`` split at "|", or the
-    lines of ``sample.prompts_file``, else `default_prompts`, in equal blocks."""
+    lines of ``sample.prompts_file``, else `default_prompts`, in equal blocks (or in
+    turn with `cycle`, as `labels_of`)."""
     if not text_conditional(self.config):
       return None
     s = self.config.sample if section is None else section
@@ -596,13 +600,15 @@ class Experiment:
     if not prompts:
       raise checks.ConfigError("config.sample.prompt is empty and the model has no default "
                                "prompts: give config.sample.prompt='a thick 3|a thin 7'")
+    if cycle:
+      return [prompts[i % len(prompts)] for i in range(n)]
     return [prompts[i * len(prompts) // n] for i in range(n)]
 
-  def cond(self, n: int, section=None):
+  def cond(self, n: int, section=None, cycle: bool = False):
     """The condition inputs of `n` samples (`labels_of` / `prompts_of`), or None."""
     if text_conditional(self.config):
-      return self.tokenize(self.prompts_of(n, section))
-    return self.labels_of(n, section)
+      return self.tokenize(self.prompts_of(n, section, cycle))
+    return self.labels_of(n, section, cycle)
 
   def noisy_classifier(self, section=None):
     """``(log_prob, num_classes)`` of ``sample.classifier_path`` when

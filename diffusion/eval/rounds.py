@@ -115,7 +115,9 @@ def sampler_round(exp, entry: specs.Entry, params, ref: Reference, mesh=None):
   n = e.num_samples
   bs = batch_size(exp.config, n, mesh)
   key = jax.random.fold_in(exp.sample_key, zlib.crc32(entry.name.encode()) & 0x7FFFFFFF)
-  fn = exp.sample_fn(cfg.sample, num_samples=bs, mesh=mesh)
+  # Conditions in turn (not in blocks): every Inception Score split sees them all.
+  fn = exp.sample_fn(cfg.sample, num_samples=bs, mesh=mesh,
+                     cond_inputs=exp.cond(bs, cfg.sample, cycle=True))
   t0 = time.perf_counter()
   compiled = fn.lower(params, key).compile()
   compile_s = time.perf_counter() - t0
@@ -131,10 +133,10 @@ def sampler_round(exp, entry: specs.Entry, params, ref: Reference, mesh=None):
 
   labels = None
   if exp.config.model.num_classes is not None and exp.config.eval.features == "classifier":
-    labels = np.tile(np.asarray(exp.labels_of(bs, cfg.sample)), -(-n // bs))
+    labels = np.tile(np.asarray(exp.labels_of(bs, cfg.sample, cycle=True)), -(-n // bs))
   prompts = None
   if exp.text_bins is not None and exp.config.eval.features == "classifier":
-    prompts = exp.prompts_of(bs, cfg.sample) * (-(-n // bs))
+    prompts = exp.prompts_of(bs, cfg.sample, cycle=True) * (-(-n // bs))
   scores, stats = score(exp.config, chunks(), n, bs, ref, desc=f"eval {entry.name}",
                         labels=labels, prompts=prompts, bins=exp.text_bins)
   s, sample_s = cfg.sample, timing["sample_s"]

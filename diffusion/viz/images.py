@@ -328,9 +328,11 @@ def save_labelled(path: str, grid, row_labels=(), col_labels=(), title: str | No
   """
   grid = np.asarray(grid)
   h, w = grid.shape[:2]
-  fig = _figure((w / dpi + 1.6, h / dpi + 0.8), dpi)
-  ax = fig.add_axes([1.4 / (w / dpi + 1.6), 0.2 / (h / dpi + 0.8), w / (w + 1.6 * dpi),
-                     h / (h + 0.8 * dpi)])
+  # Room on the left for the longest row label (~0.075 inch per character at size 9).
+  left = max(1.4, 0.075 * max((len(str(r)) for r in row_labels), default=0) + 0.2)
+  fig = _figure((w / dpi + left + 0.2, h / dpi + 0.8), dpi)
+  ax = fig.add_axes([left / (w / dpi + left + 0.2), 0.2 / (h / dpi + 0.8),
+                     w / (w + (left + 0.2) * dpi), h / (h + 0.8 * dpi)])
   ax.imshow(grid[..., 0] if grid.ndim == 3 and grid.shape[-1] == 1 else grid, cmap="gray",
             vmin=0, vmax=255, interpolation="nearest")
   ax.set_yticks([(i + 0.5) * h / len(row_labels) for i in range(len(row_labels))],
