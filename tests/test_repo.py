@@ -55,3 +55,16 @@ def test_readme_formulations_table_is_the_file_the_code_wrote():
     for line in pivot[2:-2]:
       spec, cell = line.split("|")[1].strip().strip("`"), line.split("|")[column + 1].strip()
       assert cell == (f"{fid[spec]:.1f}" if spec in fid else "-"), (name, spec)
+
+
+def test_readme_guidance_tables_are_the_files_the_code_wrote():
+  """The README's guidance tables (class labels, text prompts) are `diffusion.figures`'s
+  guidance.md of the committed results.json, line for line (`viz.tables.guidance_markdown`)."""
+  from diffusion.viz import tables  # pylint: disable=g-import-not-at-top
+  readme = (ROOT / "README.md").read_text()
+  for name in ("class", "text"):
+    folder = ROOT / "docs" / "mnist_guidance" / name
+    results = json.loads((folder / "results.json").read_text())
+    md = (folder / "guidance.md").read_text()
+    assert md == tables.guidance_markdown(results)
+    assert md.strip() in readme, name

@@ -135,7 +135,10 @@ def main(argv=None) -> None:
   os.makedirs(args.out, exist_ok=True)
   num_steps = config.diffusion.num_steps
   scheds = {name: schedules.get(name, num_steps) for name in schedules.SCHEDULES}
-  batch = next(data.create(config.data, seed=config.seed))["image"][:args.num_images]
+  try:
+    batch = next(data.create(config.data, seed=config.seed))["image"][:args.num_images]
+  except (ValueError, OSError) as e:  # Missing or unreadable data: one line, not a traceback.
+    cli.fail(str(e))
   fractions = (0.0, 0.25, 0.5, 0.75, 1.0)
   grid = visualize.forward_strip(batch, scheds, jax.random.PRNGKey(config.seed), fractions,
                                  min_tile=64)
