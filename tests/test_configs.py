@@ -49,10 +49,11 @@ PARAMS = {
     "mnist_ddpm_cond": 6_469_889 + 11 * 256,
     "mnist_ddpm_cond_cpu": 1_112_801 + 11 * 128,
     # Text twins: the UNet with cross-attention transformer blocks (at the attention
-    # resolutions and in the middle) + the 164,864-parameter text encoder (vocabulary
-    # 1000 x 64, 12 positions, 2 layers of width 64).
-    "digits_text": 709_473 + 164_864,
-    "mnist_text_cpu": 1_346_529 + 164_864,
+    # resolutions and in the middle) and the pooled-text Dense (64 -> 4 ch = 128:
+    # 8,320) + the 164,864-parameter text encoder (vocabulary 1000 x 64, 12 positions,
+    # 2 layers of width 64).
+    "digits_text": 709_473 + 8_320 + 164_864,
+    "mnist_text_cpu": 1_346_529 + 8_320 + 164_864,
 }
 
 # TFDS configs: (dataset name, image size, channels).
