@@ -36,12 +36,19 @@ def layers():
       data=dict(source="files", name="mnist", data_dir=prepare.dataset_dir("mnist"))))
 
 
-def get_config(arg=None):
-  config = families.resolve(layers())
+def config_of(layers_, arg, source: str):
+  """`layers_` resolved, with the variant `arg` (`default.VARIANT_KEYS` plus `source`:
+  files | tfds; TFDS then reads its default directory). For MNIST files that share it
+  (`mnist_ddpm_cond.py`); `source` names the file in errors."""
+  config = families.resolve(layers_)
   default.apply_variant(config, arg, {**default.VARIANT_KEYS, "source": "data.source"},
-                        source="mnist_ddpm.py")
+                        source=source)
   if config.data.source == "tfds":
     config.data.data_dir = ""
   elif config.data.source != "files":
-    raise ValueError(f"mnist_ddpm.py: source={config.data.source!r}; valid: files, tfds")
+    raise ValueError(f"{source}: source={config.data.source!r}; valid: files, tfds")
   return config
+
+
+def get_config(arg=None):
+  return config_of(layers(), arg, "mnist_ddpm.py")

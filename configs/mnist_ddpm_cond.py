@@ -13,7 +13,6 @@ one network is also the unconditional model that guidance needs
 
 Variants: those of `mnist_ddpm.py` (`default.VARIANT_KEYS` plus `source`).
 """
-from configs import default
 from configs import families
 from configs import mnist_ddpm
 
@@ -25,11 +24,4 @@ def layers():
 
 
 def get_config(arg=None):
-  config = families.resolve(layers())
-  default.apply_variant(config, arg, {**default.VARIANT_KEYS, "source": "data.source"},
-                        source="mnist_ddpm_cond.py")
-  if config.data.source == "tfds":
-    config.data.data_dir = ""
-  elif config.data.source != "files":
-    raise ValueError(f"mnist_ddpm_cond.py: source={config.data.source!r}; valid: files, tfds")
-  return config
+  return mnist_ddpm.config_of(layers(), arg, "mnist_ddpm_cond.py")

@@ -359,8 +359,7 @@ def build_text_encoder(config):
   from diffusion.models import text_encoder  # pylint: disable=g-import-not-at-top
   t = config.text
   if t.encoder == "clip":
-    module, _ = text_encoder.load_params(t.clip_weights)
-    return module
+    return text_encoder.load_params(t.clip_weights)[0]
   return text_encoder.TextEncoder(vocab_size=t.vocab_size, width=t.width,
                                   num_layers=t.num_layers, num_heads=t.num_heads,
                                   max_length=t.max_length)
@@ -518,11 +517,22 @@ class Experiment:
   @property
   def text_encoder(self):
     """The text encoder module (None without text conditioning)."""
+    if self.config.text.encoder == "clip":
+      return self._clip()[0]
     enc = self.__dict__.get("_text_encoder", False)
     if enc is False:
       enc = build_text_encoder(self.config)
       object.__setattr__(self, "_text_encoder", enc)
     return enc
+
+  def _clip(self):
+    """``(TextEncoder, weights)`` of ``text.clip_weights``, read once."""
+    got = self.__dict__.get("_clip_file")
+    if got is None:
+      from diffusion.models import text_encoder  # pylint: disable=g-import-not-at-top
+      got = text_encoder.load_params(self.config.text.clip_weights)
+      object.__setattr__(self, "_clip_file", got)
+    return got
 
   def null_label(self) -> int:
     return self.config.model.num_classes
@@ -744,9 +754,7 @@ class Experiment:
     """The text encoder's initial params: random ("trained"), or the converted CLIP
     weights of ``text.clip_weights`` ("clip"; frozen by `tx`)."""
     if self.config.text.encoder == "clip":
-      from diffusion.models import text_encoder  # pylint: disable=g-import-not-at-top
-      _, params = text_encoder.load_params(self.config.text.clip_weights)
-      return jax.tree.map(jnp.asarray, params)
+      return jax.tree.map(jnp.asarray, self._clip()[1])
     length = self.config.text.max_length
     return self.text_encoder.init(rng, jnp.zeros((1, length), jnp.int32),
                                   jnp.ones((1, length), bool))["params"]

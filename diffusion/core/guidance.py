@@ -67,8 +67,23 @@ def check_interval(interval) -> tuple[float, float] | None:
   return lo, hi
 
 
+class _Wrapper(Views):
+  """What a guided denoiser takes from the denoiser ``base`` it wraps (a dataclass field
+  of the subclass): its process and coefficients; `bind` rebinds the base's condition."""
+
+  @property
+  def process(self):
+    return self.base.process
+
+  def coeffs(self, t):
+    return self.base.coeffs(t)
+
+  def bind(self, cond):
+    return dataclasses.replace(self, base=self.base.bind(cond))
+
+
 @dataclasses.dataclass(frozen=True)
-class ClassifierFree(Views):
+class ClassifierFree(_Wrapper):
   """Classifier-free guidance of `base` (module docstring).
 
   Attributes:
@@ -92,16 +107,6 @@ class ClassifierFree(Views):
     a, b = jax.tree.structure(self.base.cond), jax.tree.structure(self.null_cond)
     if a != b:
       raise ValueError(f"null_cond's structure {b} differs from the condition's {a}")
-
-  @property
-  def process(self):
-    return self.base.process
-
-  def coeffs(self, t):
-    return self.base.coeffs(t)
-
-  def bind(self, cond) -> "ClassifierFree":
-    return dataclasses.replace(self, base=self.base.bind(cond))
 
   @property
   def trivial(self) -> bool:
@@ -138,7 +143,7 @@ class ClassifierFree(Views):
 
 
 @dataclasses.dataclass(frozen=True)
-class ClassifierGuided(Views):
+class ClassifierGuided(_Wrapper):
   """Classifier guidance of `base` (module docstring).
 
   Attributes:
@@ -153,16 +158,6 @@ class ClassifierGuided(Views):
   log_prob: Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
   labels: jax.Array
   scale: float = 1.0
-
-  @property
-  def process(self):
-    return self.base.process
-
-  def coeffs(self, t):
-    return self.base.coeffs(t)
-
-  def bind(self, cond) -> "ClassifierGuided":
-    return dataclasses.replace(self, base=self.base.bind(cond))
 
   def grad(self, x, t):
     """``grad_x log p(labels | x, t)``, ``[B, ...]``."""
