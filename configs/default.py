@@ -134,6 +134,9 @@ def get_config(arg=None):
   # "none" | "center": crop the largest central square before resizing to
   # image_size (tfds / image folders with non-square images, e.g. oxford_flowers102).
   data.crop = "none"
+  # Pixels of value 0 (black) added on every side after fitting to image_size - 2 pad
+  # (MNIST's 28x28 -> 32x32 with image_size=32, pad=2: even sizes down to 8x8 latents).
+  data.pad = 0
   data.random_flip = False  # Random horizontal flips (off for digits: they are not symmetric).
   # Uniform dequantisation: x = (k + u) / levels, u ~ U[0, 1), for the integer
   # pixel value k out of `levels` (17 for digits, 256 for uint8); otherwise
@@ -143,7 +146,7 @@ def get_config(arg=None):
 
   # ----------------------------------------------------------------- model
   config.model = model = ml_collections.ConfigDict()
-  model.name = "unet"  # A key of diffusion.models.MODELS.
+  model.name = "unet"  # A key of diffusion.models.MODELS ("unet" | "autoencoder").
   model.ch = 128  # Base channels; level i has ch * channel_mult[i].
   model.channel_mult = (1, 2, 2, 2)  # Per-level multipliers; len = number of levels.
   model.num_res_blocks = 2  # ResBlocks per level on the way down (+1 up).
@@ -204,6 +207,35 @@ def get_config(arg=None):
   text.clip_weights = ""
   text.vocab_file = ""
   text.merges_file = ""
+
+  # ----------------------------------------------------------- autoencoder
+  # model.name="autoencoder": a KL-regularised VAE for latent diffusion (diffusion/latent.py),
+  # with model.ch, model.channel_mult (f = 2 ** (len - 1)) and model.num_res_blocks.
+  config.autoencoder = ae = ml_collections.ConfigDict()
+  ae.latent_channels = 4  # Channels of the latents [H/f, W/f, latent_channels].
+  ae.attention = False  # Self-attention in the middle of the encoder and the decoder.
+  ae.loss = "l1"  # Reconstruction loss per pixel: "l1" | "l2".
+  # Weight of the posterior's KL to N(0, I) per pixel (the latent-diffusion code's
+  # kl_weight: 1e-6 there; larger values trade reconstruction for smoother latents).
+  ae.kl_weight = 1e-6
+  # Patch discriminator (hinge loss) from step disc_start on; 0 = no discriminator.
+  ae.disc_weight = 0.0
+  ae.disc_start = 0
+  ae.disc_ch = 32  # Its first layer's width (doubled per layer, at most 8x) ...
+  ae.disc_layers = 2  # ... and its stride-2 layers.
+  ae.scale_num = 1024  # Training images whose latents' std gives the scale factor 1 / std.
+  ae.eval_split = "test"  # Split of the reconstruction PSNR / MSE written at each checkpoint ...
+  ae.eval_num = 512  # ... on this many images.
+
+  # ---------------------------------------------------------------- latent
+  # Latent diffusion: the model denoises the latents of a trained autoencoder.
+  config.latent = latent = ml_collections.ConfigDict()
+  # A workdir of a model.name="autoencoder" run ("" = a pixel-space model). Its
+  # image size and channels must be config.data's; the latents are cached in
+  # this run's workdir/latents/ and the samples decoded.
+  latent.autoencoder_workdir = ""
+  latent.checkpoint_step = config_dict.placeholder(int)  # Its step (None: the newest).
+  latent.scale_factor = 0.0  # Latents are multiplied by it; 0 = the autoencoder's 1 / std.
 
   # ------------------------------------------------------------- diffusion
   config.diffusion = diff = ml_collections.ConfigDict()

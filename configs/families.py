@@ -268,6 +268,15 @@ def guidance_eval() -> Family:
                                      for w in ("0", "1", "2", "4", "8")))),)
 
 
+def autoencoder() -> Family:
+  """The latent-diffusion autoencoder's run (`diffusion.latent`): model.name
+  "autoencoder" (model.ch / channel_mult / num_res_blocks; it has no dropout), grids
+  of 32 images over their reconstructions; L1 + KL 1e-6 (configs/default.py's
+  autoencoder section, the paper's values)."""
+  return (dict(model=dict(name="autoencoder"), sample=dict(num_samples=64),
+               eval=dict(bpd=False)),)
+
+
 def text_conditional() -> Family:
   """A CLIP-style text encoder (width 64, 2 layers, 4 heads, 12 tokens) trained with the
   model on the attribute captions of `diffusion.data.captions` ("a thin 7 slanted to the

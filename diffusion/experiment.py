@@ -23,7 +23,7 @@ from typing import Any, Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec as P, SingleDeviceSharding
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from diffusion.core import checks, edm, grids, losses, processes, schedules, sdes, vdm
 from diffusion.core.denoiser import Denoiser
@@ -96,6 +96,7 @@ RANGES = {
     "seed": dict(integer=True, lo=0),
     "data.batch_size": dict(_INT, lo=1),
     "data.image_size": dict(_INT, lo=1),
+    "data.pad": dict(_INT, lo=0),
     "model.ch": dict(_INT, lo=1),
     "model.num_res_blocks": dict(_INT, lo=1),
     "model.num_heads": dict(_INT, lo=1),
@@ -167,6 +168,8 @@ CHOICES = {
     "eval.baseline_split": ("",) + sources.SPLITS,
     "text.encoder": ("none", "trained", "clip"),
     "text.captions": ("attributes", "files"),
+    "autoencoder.loss": ("l1", "l2"),
+    "autoencoder.eval_split": sources.SPLITS,
 }
 
 
@@ -257,8 +260,14 @@ def validate_config(config) -> None:
     value = _lookup(config, key)
     if value is not None:
       _choice(value, valid, key)
-  d, tc, s = config.diffusion, config.train, config.sample
-  _choice(config.model.name, tuple(models.MODELS), "model.name")
+  if config.model.name == "autoencoder":  # A latent model's autoencoder (diffusion/latent.py).
+    from diffusion import latent  # pylint: disable=g-import-not-at-top
+    latent.check_autoencoder(config)
+    check_train(config)
+    return
+  d, s = config.diffusion, config.sample
+  _choice(config.model.name, tuple(n for n in models.MODELS if n != "autoencoder"),
+          "model.name")
   if d.type == "discrete":
     _choice(d.schedule, tuple(sorted(schedules.SCHEDULES)), "diffusion.schedule")
   elif d.type == "continuous":
@@ -271,6 +280,16 @@ def validate_config(config) -> None:
       raise checks.ConfigError(f"config.diffusion.{key}={d[key]!r} is not one of "
                                f"{', '.join(valid)} (what diffusion.type={d.type!r} trains)")
   check_sampler(config, noise_process(config))
+  check_train(config)
+  for key in ("num_samples", "batch_size", "grid_size", "gif_frames"):
+    if s[key] < 1:
+      raise ValueError(f"config.sample.{key}={s[key]} must be >= 1")
+  check_latent(config)
+
+
+def check_train(config) -> None:
+  """The train section's settings and the batch against the devices and processes."""
+  tc = config.train
   _choice(tc.parallel, placement.MODES, "train.parallel")
   _choice(tc.precision, tuple(models.PRECISIONS), "train.precision")
   k = tc.steps_per_call
@@ -288,9 +307,26 @@ def validate_config(config) -> None:
   if jax.process_count() > 1 and tc.parallel != "jit":
     raise ValueError(f"config.train.parallel={tc.parallel!r} runs on one process; with "
                      f"{jax.process_count()} processes use 'jit'")
-  for key in ("num_samples", "batch_size", "grid_size", "gif_frames"):
-    if s[key] < 1:
-      raise ValueError(f"config.sample.{key}={s[key]} must be >= 1")
+
+
+def latent_model(config) -> bool:
+  """Whether the model is a latent diffusion model (``latent.autoencoder_workdir`` set)."""
+  return bool(config.latent.autoencoder_workdir)
+
+
+def check_latent(config) -> None:
+  """ConfigError for latent settings that cannot work (the autoencoder workdir itself
+  is checked by `latent.load_codec` when the experiment is built)."""
+  lat = config.latent
+  if lat.scale_factor < 0:
+    raise checks.ConfigError(f"config.latent.scale_factor={lat.scale_factor} must be > 0 (or 0: "
+                             "the autoencoder's measured 1 / std of the training latents)")
+  if not latent_model(config):
+    return
+  for key in ("random_flip", "dequantize"):
+    if config.data[key]:
+      raise checks.ConfigError(f"config.data.{key}=True: a latent model trains on the latents "
+                               "of the stored images, cached once; set it to False")
 
 
 # --------------------------------------------------------------------------
@@ -298,15 +334,18 @@ def validate_config(config) -> None:
 # --------------------------------------------------------------------------
 
 
-def build_model(config) -> nn.Module:
-  """``MODELS[config.model.name]`` with every other config.model key as a field."""
+def build_model(config, codec=None) -> nn.Module:
+  """``MODELS[config.model.name]`` with every other config.model key as a field, on
+  images of ``config.data`` or, for a latent model, on the latents of `codec`."""
   fields = {k: v for k, v in config.model.items() if k != "name"}
+  size, channels = config.data.image_size, config.data.channels
+  if codec is not None:
+    size, channels = codec.latent_shape[0], codec.latent_shape[2]
   if config.model.name == "unet":
     fields["cross_attention"] = text_conditional(config)
   else:
     fields.pop("transformer_depth", None)
-  return get_model(config.model.name, **fields, image_size=config.data.image_size,
-                   in_channels=config.data.channels,
+  return get_model(config.model.name, **fields, image_size=size, in_channels=channels,
                    dtype=models.compute_dtype(config.train.precision))
 
 
@@ -469,8 +508,9 @@ def keys(config):
 
 
 @dataclasses.dataclass(frozen=True)
-class Experiment:
-  """What `build` makes from a config (module docstring)."""
+class Experiment(ts.StateFactory):
+  """What `build` makes from a config (module docstring); `abstract_state` and
+  `init_state` come from `train.state.StateFactory`."""
 
   config: Any
   model: nn.Module
@@ -481,6 +521,34 @@ class Experiment:
   tokenizer: Any = None  # Text models: `data.tokenizers` (train: built from the captions).
   default_prompts: tuple[str, ...] = ()  # Text models: prompts of grids without sample.prompt.
   text_bins: Any = None  # Attribute captions: the thresholds (`data.captions.AttributeBins`).
+  codec: Any = None  # Latent models: the autoencoder's maps (`latent.Codec`).
+
+  @property
+  def data_shape(self) -> tuple[int, int, int]:
+    """``(H, W, C)`` of what the network denoises: the images, or a latent model's latents."""
+    if self.codec is not None:
+      return tuple(self.codec.latent_shape)
+    c = self.config.data
+    return (c.image_size, c.image_size, c.channels)
+
+  def decode(self, z, trajectory=None, sigma_space: bool = False):
+    """Images of latents `z` (unchanged for pixel models); with `trajectory` (the
+    sampler's ``traj``), also its frames ``traj["x"]``, decoded one by one. A sigma-space
+    sampler's (`sigma_space`) frames ``x0 + sigma z`` are shown as ``x / sqrt(1 + sigma^2)``, scaled to
+    unit variance before decoding (``traj["scaled"]`` then says so)."""
+    if self.codec is None:
+      return z if trajectory is None else (z, trajectory)
+    images = self.codec.decode(z)
+    if trajectory is None:
+      return images
+    frames = trajectory["x"]
+    traj = dict(trajectory)
+    if sigma_space:
+      t = trajectory["t"].reshape((-1,) + (1,) * (frames.ndim - 1))
+      frames = frames / jnp.sqrt(1.0 + jnp.square(t))
+      traj["scaled"] = True
+    traj["x"] = jax.lax.map(self.codec.decode, frames)
+    return images, traj
 
   def apply(self, params, x, c_noise, cond=None, rng=None):
     """The network: ``[B, H, W, C]``, ``[B]`` -> ``[B, H, W, C]``; a `rng` turns on dropout."""
@@ -704,9 +772,10 @@ class Experiment:
       raise ValueError(f"sampler {record.name} with these options has no trajectory (e.g. "
                        "ode_method='rk45'): use 'euler' or 'heun'")
     n = config.sample.num_samples if num_samples is None else num_samples
-    shape = (n, config.data.image_size, config.data.image_size, config.data.channels)
+    shape = (n,) + self.data_shape
     inputs = self.cond(n, section) if cond_inputs is None else cond_inputs
     traj = {"return_trajectory": True} if return_trajectory else {}
+    sigma_space = runs_in_sigma_space(record, process)
     sharding = batch_sharding(mesh, n)
     split = (lambda x: x) if sharding is None else (
         lambda x: jax.lax.with_sharding_constraint(x, sharding))
@@ -719,6 +788,9 @@ class Experiment:
       den = self.denoiser(params, self.condition(params, inputs), shard=split)
       den = self.guide(den, params, inputs, section, n, classifier)
       out = record.run(den, den.process if learned else process, rng, shape, options, **traj)
+      if self.codec is not None:
+        out = self.decode(*out, sigma_space=sigma_space) if return_trajectory else (
+            self.decode(out))
       if sharding is None:
         return out
       return (split(out[0]), out[1]) if return_trajectory else split(out)
@@ -726,8 +798,7 @@ class Experiment:
     return jax.jit(sample_fn)
 
   def create_state(self, rng) -> ts.TrainState:
-    c = self.config.data
-    x = jnp.zeros((1, c.image_size, c.image_size, c.channels), jnp.float32)
+    x = jnp.zeros((1,) + self.data_shape, jnp.float32)
     t = jnp.zeros((1,), processes.time_dtype(self.process))
     y = None if self.config.model.num_classes is None else jnp.zeros((1,), jnp.int32)
     enc = self.text_encoder
@@ -759,33 +830,6 @@ class Experiment:
     return self.text_encoder.init(rng, jnp.zeros((1, length), jnp.int32),
                                   jnp.ones((1, length), bool))["params"]
 
-  def abstract_state(self, sharding=None):
-    """The state's ShapeDtypeStructs (a restore target) with `sharding`.
-
-    Default: the first local device. With several processes, pass a replicated
-    sharding of the global mesh (``NamedSharding(mesh, P())``): Orbax restores
-    collectively, into arrays that span every process.
-    """
-    sharding = SingleDeviceSharding(jax.local_devices()[0]) if sharding is None else sharding
-    return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding),
-                        self._traced_create_state().out_info)
-
-  def _traced_create_state(self):
-    """`create_state` traced once per Experiment (a UNet trace takes ~1 s on CPU):
-    its output shapes are `abstract_state`'s, its lowering `init_state`'s."""
-    traced = self.__dict__.get("_create_state_traced")
-    if traced is None:
-      traced = jax.jit(self.create_state).trace(self.state_key)
-      object.__setattr__(self, "_create_state_traced", traced)
-    return traced
-
-  def init_state(self) -> ts.TrainState:
-    """Runs `create_state` once, jitted. On CPU XLA's -O0 compiles it ~4x faster (a
-    one-off initialisation does not need optimised code)."""
-    lowered = self._traced_create_state().lower()
-    options = {"xla_backend_optimization_level": 0} if jax.default_backend() == "cpu" else None
-    return lowered.compile(options)(self.state_key)
-
 
 def batch_sharding(mesh, num_samples: int):
   """The sharding of ``num_samples`` images split over every device of `mesh`
@@ -815,18 +859,27 @@ def make_tx(config):
   return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
-def build(config, *, tokenizer=None, default_prompts=()) -> Experiment:
-  """Validates `config` and builds its `Experiment` (text models: with their tokenizer)."""
+def build(config, *, tokenizer=None, default_prompts=(), codec=None) -> Experiment:
+  """Validates `config` and builds its `Experiment` (text models: with their tokenizer;
+  latent models: with the `latent.Codec` of ``latent.autoencoder_workdir``, read and
+  checked here, or the given `codec`). An autoencoder config (``model.name =
+  "autoencoder"``) gives a `latent.AutoencoderExperiment`."""
+  from diffusion import latent  # pylint: disable=g-import-not-at-top
   validate_config(config)
+  if latent.is_autoencoder(config):
+    return latent.build_autoencoder(config)
+  if codec is None:
+    codec = latent.load_codec(config)
   state_key, sample_key = keys(config)
   if tokenizer is None and config.text.encoder == "clip":
     from diffusion.data import tokenizers  # pylint: disable=g-import-not-at-top
     tokenizer = tokenizers.CLIPTokenizer.from_files(config.text.vocab_file,
                                                     config.text.merges_file,
                                                     max_length=config.text.max_length)
-  return Experiment(config=config, model=build_model(config), process=noise_process(config),
-                    tx=make_tx(config), state_key=state_key, sample_key=sample_key,
-                    tokenizer=tokenizer, default_prompts=tuple(default_prompts))
+  return Experiment(config=config, model=build_model(config, codec),
+                    process=noise_process(config), tx=make_tx(config), state_key=state_key,
+                    sample_key=sample_key, tokenizer=tokenizer,
+                    default_prompts=tuple(default_prompts), codec=codec)
 
 
 def with_trained_text(exp: Experiment, workdir) -> Experiment:

@@ -10,7 +10,7 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PKG = ROOT / "diffusion"
 # Each layer may import itself and the layers before it (docs/architecture.md).
-ORDER = ["_xla_flags", "core", "models", "train", "dist", "data", "run", "viz", "experiment",
+ORDER = ["_xla_flags", "core", "models", "train", "dist", "data", "run", "viz", "latent", "experiment",
          "eval", "modes", "main", "classify", "figures", "port", "study", "sweep", "compare"]
 LAYER = {name: i for i, name in enumerate(ORDER)}
 

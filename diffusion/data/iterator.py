@@ -33,7 +33,9 @@ class DataIterator(Iterator[dict]):
   """Deterministic, resumable batches of a dataset (see module doc).
 
   `images` is an integer array [N, H, W, C] with `labels` int32 [N], or a
-  `LazyExamples` (then `labels` is None) that yields fitted images and labels.
+  `LazyExamples` (then `labels` is None) that yields fitted images and labels; with
+  ``levels=None``, a float array yielded as it is (a latent model's cached latents,
+  `data.latents`; then no flips or dequantisation).
   """
 
   def __init__(self, images, labels: np.ndarray | None, levels: int, *,
@@ -82,6 +84,12 @@ class DataIterator(Iterator[dict]):
       return self.images.take(idx)
     return self.images[idx], self.labels[idx]
 
+  def _scaled(self, pixels: np.ndarray) -> np.ndarray:
+    """Stored pixels as float32 in [-1, 1] (``levels`` None: float data, unchanged)."""
+    if self.levels is None:
+      return pixels.astype(np.float32)
+    return pixels.astype(np.float32) / (self.levels - 1) * 2.0 - 1.0
+
   def every_example(self, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     """The first `limit` (default all N) examples of epoch 0's order, each once, in
     global batches of `batch_size` (this process's slice of each, as `__next__`),
@@ -99,7 +107,7 @@ class DataIterator(Iterator[dict]):
     for start in range(0, n, self.batch_size):
       lo = min(start + self.process_index * local_b, n)
       pixels, labels = self._take(perm[lo:min(lo + local_b, n)])
-      images = pixels.astype(np.float32) / (self.levels - 1) * 2.0 - 1.0
+      images = self._scaled(pixels)
       pad = local_b - len(images)
       if pad:
         images = np.concatenate([images.reshape((-1,) + shape),
@@ -120,14 +128,17 @@ class DataIterator(Iterator[dict]):
     pixels, labels = self._take(idx)
     images = pixels.astype(np.float32)
     key = [self.seed, self._epoch, self._position]
-    if self.dequantize:  # Noise of global example j from (seed, epoch, position, j).
+    if self.levels is None:  # Float data (a latent model's cached latents), as stored.
+      pass
+    elif self.dequantize:  # Noise of global example j from (seed, epoch, position, j).
       j0 = self.process_index * local_b
       noise = np.stack([np.random.default_rng(key + [j0 + j]).uniform(size=images.shape[1:])
                         for j in range(local_b)])
       images = (images + noise.astype(np.float32)) / self.levels
     else:
       images = images / (self.levels - 1)
-    images = images * 2.0 - 1.0
+    if self.levels is not None:
+      images = images * 2.0 - 1.0
     if self.random_flip:
       flip = (np.random.default_rng(key).uniform(size=global_b) < 0.5)[
           self.process_index * local_b:(self.process_index + 1) * local_b]
@@ -161,7 +172,7 @@ def create(config, seed: int, process_index: int = 0, process_count: int = 1,
       raise ValueError(f"the {config.source!r} images have shape {images.shape}; expected "
                        "[N, H, W, C]")
     images = fit(images, config.image_size, config.channels, repr(config.source),
-                 crop_mode(config))
+                 crop_mode(config), config.get("pad", 0))
     if len(labels) != len(images):
       raise ValueError(f"{len(images)} images but {len(labels)} labels")
   return DataIterator(images, labels, levels, batch_size=config.batch_size, seed=seed,

@@ -78,8 +78,17 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def fit(images: np.ndarray, size: int, channels: int, what: str,
-         crop: str = "center") -> np.ndarray:
-  """[N, H, W, C] (or one [H, W, C]) -> channels converted, cropped, downscaled."""
+         crop: str = "center", pad: int = 0) -> np.ndarray:
+  """[N, H, W, C] (or one [H, W, C]) -> channels converted, cropped, downscaled to
+  ``size - 2 pad``, then padded by `pad` pixels of value 0 on every side (``data.pad``:
+  MNIST's 28x28 -> 32x32)."""
+  if pad:
+    if not 0 < 2 * pad < size:
+      raise ValueError(f"config.data.pad={pad} must leave an image: 0 <= 2 pad < "
+                       f"image_size={size}")
+    inner = fit(images, size - 2 * pad, channels, what, crop)
+    width = ((pad, pad), (pad, pad), (0, 0))
+    return np.pad(inner, width if inner.ndim == 3 else ((0, 0),) + width)
   if crop not in CROPS:
     raise ValueError(f"config.data.crop={crop!r} is unknown; valid: {', '.join(CROPS)}")
   single = images.ndim == 3
@@ -102,7 +111,7 @@ def fit(images: np.ndarray, size: int, channels: int, what: str,
 
 
 def _decode(value: Any, size: int, channels: int, what: str,
-            crop: str = "center") -> np.ndarray:
+            crop: str = "center", pad: int = 0) -> np.ndarray:
   """An image as an array [H, W(, C)], encoded bytes, or a path -> fitted uint8."""
   if isinstance(value, (bytes, str, os.PathLike)):
     from PIL import Image  # pylint: disable=g-import-not-at-top
@@ -115,7 +124,7 @@ def _decode(value: Any, size: int, channels: int, what: str,
   if value.ndim != 3 or not np.issubdtype(value.dtype, np.integer):
     raise ValueError(f"{what}: expected an integer image [H, W, C], got {value.dtype} "
                      f"{value.shape}")
-  return fit(value, size, channels, what, crop)
+  return fit(value, size, channels, what, crop, pad)
 
 
 class LazyExamples:
@@ -287,12 +296,13 @@ def _load_image_folder(directory: str, config):
     files = _image_files(directory)
     labels = [0] * len(files)
   size, channels, crop = config.image_size, config.channels, crop_mode(config)
+  pad = config.get("pad", 0)
 
   check_image_files(files)
 
   def get(i):
     try:
-      return _decode(files[i], size, channels, repr(files[i]), crop), labels[i]
+      return _decode(files[i], size, channels, repr(files[i]), crop, pad), labels[i]
     except (OSError, SyntaxError) as e:  # Pillow: truncated or corrupt data.
       raise DataError(f"{files[i]} cannot be decoded ({_why(e)})") from e
 
@@ -366,16 +376,17 @@ def _load_tfds(config, data_source=None):
           f"{builder.data_path} "
           "--out_file_format=array_record`)") from None
   size, channels, crop = config.image_size, config.channels, crop_mode(config)
+  pad = config.get("pad", 0)
   what = f"TFDS {name!r}"
   first = data_source[0]
   if "image" not in first:
     raise KeyError(f"{what} examples have keys {sorted(first)}; expected 'image'")
-  _decode(first["image"], size, channels, what, crop)  # Fail now if it cannot be fitted.
+  _decode(first["image"], size, channels, what, crop, pad)  # Fail now if it cannot be fitted.
 
   def get(i):
     example = data_source[i]
     try:
-      image = _decode(example["image"], size, channels, what, crop)
+      image = _decode(example["image"], size, channels, what, crop, pad)
     except (OSError, SyntaxError) as e:
       raise DataError(f"{what} example {i} of split {config.split!r} cannot be decoded "
                       f"({_why(e)})") from e

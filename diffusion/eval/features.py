@@ -42,6 +42,7 @@ def classifier_cache(config) -> str:
   key = "|".join(str(v) for v in (d.source, d.name, os.path.abspath(d.data_dir) if d.data_dir
                                   else "", d.image_size, d.channels, d.crop,
                                   config.eval.classifier_steps))
+  key += f"|pad={d.pad}" if d.get("pad", 0) else ""  # (Keys of unpadded data as before.)
   digest = hashlib.sha256(key.encode()).hexdigest()[:12]
   return os.path.join(prepare.data_home(), "classifiers", f"{d.name or d.source}-{digest}")
 
@@ -148,6 +149,7 @@ def shared_reference_path(config) -> str:
       d.source, d.name, os.path.abspath(d.data_dir) if d.data_dir else "", d.image_size,
       d.channels, d.crop, e.reference_split, e.reference_num, e.kept_features, config.seed,
       extractor_id(e), stamp))
+  key += f"|pad={d.pad}" if d.get("pad", 0) else ""
   digest = hashlib.sha256(key.encode()).hexdigest()[:16]
   return os.path.join(prepare.data_home(), "reference",
                       f"{d.name or d.source}-{e.features}-{e.reference_split}-{digest}.npz")

@@ -10,9 +10,12 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from diffusion.models.autoencoder import AutoencoderKL
 from diffusion.models.unet import UNet
 
-MODELS = {"unet": UNet}
+# "autoencoder": the latent models' VAE, trained by its own experiment
+# (`diffusion.latent`); its fields come from config.model and config.autoencoder.
+MODELS = {"unet": UNet, "autoencoder": AutoencoderKL}
 PRECISIONS = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 

@@ -97,6 +97,9 @@ def evaluate(config, workdir: str) -> dict:
     extract = features.make_extractor(config.eval)
     resume.check_config(config, workdir, write=False, mode="eval")
     exp = experiment.with_trained_text(exp, workdir)
+    if e.bpd and experiment.latent_model(config):
+      raise checks.ConfigError("config.eval.bpd=True: the bits/dim of a latent model would be of "
+                               "its latents, not of the images; set config.eval.bpd=False")
     if e.bpd and experiment.text_conditional(config):
       raise checks.ConfigError("config.eval.bpd=True: bits/dim of text-conditional models is not "
                                "built yet; set config.eval.bpd=False")

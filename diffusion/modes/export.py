@@ -25,7 +25,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from diffusion import experiment
+from diffusion import experiment, latent
 from diffusion.core import checks
 from diffusion.dist import placement
 from diffusion.run import checkpoint, console, resume
@@ -43,14 +43,7 @@ def flatten_params(params) -> dict[str, np.ndarray]:
 
 def unflatten_params(flat: dict[str, np.ndarray]) -> dict:
   """The nested dict of `flatten_params`' output."""
-  tree: dict = {}
-  for name, value in flat.items():
-    *parents, leaf = name.split("/")
-    node = tree
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = value
-  return tree
+  return latent.nested_params(flat)
 
 
 def load(path) -> tuple[dict, ml_collections.ConfigDict, int]:

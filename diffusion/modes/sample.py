@@ -46,6 +46,7 @@ def sample(config, workdir: str) -> str:
     The PNG path.
   """
   s = config.sample
+  refuse_autoencoder(config, "sample")
   if s.guidance_sweep.strip():
     return guidance_sweep(config, workdir)
   with checks.config_errors():
@@ -73,7 +74,7 @@ def sample(config, workdir: str) -> str:
   traj_fn = exp.sample_fn(num_samples=grid_n, return_trajectory=True, mesh=mesh)
   first, traj = traj_fn(params, jax.random.fold_in(exp.sample_key, 0))
   first, traj_x = placement.to_host(first), placement.to_host(traj["x"])
-  if experiment.runs_in_sigma_space(record, on):
+  if experiment.runs_in_sigma_space(record, on) and not traj.get("scaled"):
     # x~ = x0 + sigma z: shown as the VP state x~ / sqrt(1 + sigma^2) (unit scale), not
     # clipped noise of scale 80.
     t = placement.to_host(traj["t"]).reshape(-1, *([1] * (traj_x.ndim - 1)))
@@ -108,6 +109,16 @@ def sample(config, workdir: str) -> str:
                f"({s.method}{guided}, EMA params of step {step}, {time.time() - t0:.1f}s)"
                f"{asked}")
   return str(out["png"])
+
+
+def refuse_autoencoder(config, mode: str) -> None:
+  """ConfigError for ``--mode sample / eval`` of an autoencoder config."""
+  if config.model.name == "autoencoder":
+    raise checks.ConfigError(
+        f"--mode {mode}: config.model.name='autoencoder' is an autoencoder, which has no "
+        "sampler; its reconstruction grids are in samples/step_*.png and its PSNR and latent "
+        "scale in autoencoder/step_*.json. Sample a latent model that names it "
+        "(config.latent.autoencoder_workdir, e.g. configs/mnist_latent_text.py)")
 
 
 def conditions(exp) -> list:

@@ -49,10 +49,10 @@ from diffusion.run.workdir import Workdir
 from diffusion.train import state as ts
 
 
-def _save_grid(path: str, images) -> None:
+def _save_grid(path: str, images, nrow=None) -> None:
   images = placement.to_host(images)  # A collective when the grid is split over processes.
   if jax.process_index() == 0:
-    visualize.save_png(path, visualize.image_grid(images))
+    visualize.save_png(path, visualize.image_grid(images, nrow))
 
 
 # --------------------------------------------------------------------------
@@ -307,6 +307,12 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
                  f"{sum(p.size for p in jax.tree.leaves(exp.abstract_state().params)):,} "
                  "parameters")
     mesh = placement.make_mesh()  # Every device of every process.
+    write_latents = None
+    if exp.codec is not None:  # A latent model: batches of the cached latents.
+      from diffusion.data import latents  # pylint: disable=g-import-not-at-top
+      it, write_latents = latents.cached_iterator(
+          exp.codec, it, workdir, config.data, echo=console.echo,
+          progress=lambda xs: console.progress(xs, "encode", unit="batch"))
     ckpt, state = _restore_or_init(exp, wd, it, mesh)
     step = int(placement.to_host(state.step))
     if step >= tc.num_steps:
@@ -329,6 +335,8 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
           jax.block_until_ready(metrics)
           console.echo(f"compiled and ran the first train step in {time.time() - clock.t_log:.1f}s")
           resume.write_config(config, workdir)
+          if write_latents is not None:
+            write_latents()
           if experiment.text_conditional(config) and jax.process_index() == 0:
             from diffusion.data import text  # pylint: disable=g-import-not-at-top
             text.save(workdir, exp.tokenizer, exp.text_bins, exp.default_prompts)
@@ -357,9 +365,13 @@ def train_and_evaluate(config, workdir: str) -> ts.TrainState:
             held.refresh()
         if save:
           ckpt.save(step, compiled.unreplicate(state), it.get_state())
+          if hasattr(exp, "on_checkpoint"):  # The autoencoder: its params, scale and PSNR.
+            ema = jax.tree.map(np.asarray, placement.to_host(compiled.unreplicate(state).ema_params))
+            console.echo(exp.on_checkpoint(step, ema, workdir, it))
         if grid:
           t0, path = time.time(), wd.sample_grid(step)
-          _save_grid(path, sample_fn(compiled.unreplicate(state).ema_params, exp.sample_key))
+          _save_grid(path, sample_fn(compiled.unreplicate(state).ema_params, exp.sample_key),
+                     exp.grid_columns() if hasattr(exp, "grid_columns") else None)
           writer.write_image(step, "samples", path)
           console.echo(f"step {step}: wrote {path} ({time.time() - t0:.1f}s)")
           clock.t_log += time.time() - t0  # steps_per_sec counts training time only.

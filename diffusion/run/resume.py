@@ -33,7 +33,14 @@ ADDED_KEYS = {"model.downsample_padding": 1, "model.input_fourier": [], "diffusi
               "model.transformer_depth": 1, "cond.p_uncond": 0.0, "text.encoder": "none",
               "text.captions": "attributes", "text.max_length": 16, "text.vocab_size": 1000, "text.width": 64,
               "text.num_layers": 2, "text.num_heads": 4, "text.clip_weights": "",
-              "text.vocab_file": "", "text.merges_file": ""}
+              "text.vocab_file": "", "text.merges_file": "",
+              "autoencoder.latent_channels": 4, "autoencoder.attention": False,
+              "autoencoder.loss": "l1", "autoencoder.kl_weight": 1e-6,
+              "autoencoder.disc_weight": 0.0, "autoencoder.disc_start": 0,
+              "autoencoder.disc_ch": 32, "autoencoder.disc_layers": 2,
+              "autoencoder.scale_num": 1024, "autoencoder.eval_split": "test",
+              "autoencoder.eval_num": 512, "latent.autoencoder_workdir": "",
+              "latent.checkpoint_step": None, "data.pad": 0, "latent.scale_factor": 0.0}
 # What each mode does anyway with --config.allow_config_change=True. "train"
 # may start a new workdir; the others read a trained one.
 MODES = (("train", "resume"), ("sample", "sample"), ("eval", "evaluate"), ("export", "export"))

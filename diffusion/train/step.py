@@ -94,13 +94,20 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation,
     and ema_params stay the previous ones; `step` advances in any case.
   """
   ema_decay_fn, lr_fn = _ema_and_lr(config, ema_decay_fn, lr_fn)
+  # A loss with a `step` parameter (the autoencoder's discriminator warm-up) is given it.
+  import inspect  # pylint: disable=g-import-not-at-top
+  try:
+    takes_step = "step" in inspect.signature(loss_fn).parameters
+  except (TypeError, ValueError):
+    takes_step = False
 
   def step_fn(state: ts.TrainState, batch: PyTree):
     rng = jax.random.fold_in(state.rng, state.step)
     rng = jax.random.fold_in(rng, 0 if axis_name is None else lax.axis_index(axis_name))
 
     def float32_loss(params):
-      loss, aux = loss_fn(params, batch, rng)
+      loss, aux = (loss_fn(params, batch, rng, step=state.step) if takes_step
+                   else loss_fn(params, batch, rng))
       return loss.astype(jnp.float32), aux
 
     (loss, aux), grads = jax.value_and_grad(float32_loss, has_aux=True)(state.params)
