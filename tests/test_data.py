@@ -380,3 +380,17 @@ def test_every_example_keeps_the_last_partial_batch_and_splits_like_next():
   joined = np.concatenate([np.concatenate([a["image"], b["image"]]) for a, b in zip(*halves)])
   np.testing.assert_array_equal(joined[:21], rows[:21])
   assert len(joined) == 32 and not joined[21:].any()
+
+
+def test_pad_frames_the_fitted_image_with_black():
+  """``data.pad``: images fitted to image_size - 2 pad, then framed by pad pixels of 0
+  (-1 in a batch); a pad that leaves no image is refused naming the key."""
+  images = np.arange(2 * 6 * 6, dtype=np.uint8).reshape(2, 6, 6, 1)
+  out = data_sources.fit(images, 10, 1, "test", "none", pad=2)
+  assert out.shape == (2, 10, 10, 1)
+  np.testing.assert_array_equal(out[:, 2:8, 2:8], images)
+  assert out[:, :2].max() == out[:, 8:].max() == out[:, :, :2].max() == out[:, :, 8:].max() == 0
+  one = data_sources.fit(images[0], 10, 1, "test", "none", pad=2)
+  np.testing.assert_array_equal(one, out[0])
+  with pytest.raises(ValueError, match="config.data.pad=5"):
+    data_sources.fit(images, 10, 1, "test", "none", pad=5)

@@ -275,7 +275,7 @@ def test_validation_messages_explain():
   with pytest.raises(ValueError, match="in_channels=3"):
     jax.eval_shape(lambda: UNet(in_channels=3, **TINY).init(
         key(0), jnp.zeros((1, 8, 8, 1)), jnp.zeros((1,)), train=False))
-  with pytest.raises(ValueError, match=r"valid names: \['unet'\]"):
+  with pytest.raises(ValueError, match=r"valid names: \['autoencoder', 'unet'\]"):
     get_model("resnet")
   assert MODELS["unet"] is UNet
   assert get_model("unet", channel_mult=[1, 2]).channel_mult == (1, 2)
