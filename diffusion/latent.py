@@ -161,7 +161,7 @@ class AutoencoderExperiment(ts.StateFactory):
     del section, mesh, unused
     n = max(1, (self.config.sample.num_samples if num_samples is None else num_samples) // 2)
     x = jnp.asarray(self.preview(n))
-    cols = min(8, n)
+    cols = self.grid_columns()
 
     def fn(params, rng):
       del rng
@@ -174,11 +174,6 @@ class AutoencoderExperiment(ts.StateFactory):
 
   def grid_columns(self) -> int:
     return min(8, max(1, self.config.sample.num_samples // 2))
-
-  def encode_fn(self, params) -> Callable:
-    """A jitted ``x -> posterior mean`` of `params`."""
-    net = self.net_params(params)
-    return jax.jit(lambda x: self.model.apply({"params": net}, x, method="encode")[0])
 
   def on_checkpoint(self, step: int, params, workdir, it) -> str:
     """Writes ``autoencoder/step_XXXXXX.{npz,json}`` (module doc) for the EMA `params`

@@ -19,6 +19,7 @@ in float32.
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable, Mapping
 
 import jax
@@ -95,7 +96,6 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation,
   """
   ema_decay_fn, lr_fn = _ema_and_lr(config, ema_decay_fn, lr_fn)
   # A loss with a `step` parameter (the autoencoder's discriminator warm-up) is given it.
-  import inspect  # pylint: disable=g-import-not-at-top
   try:
     takes_step = "step" in inspect.signature(loss_fn).parameters
   except (TypeError, ValueError):
