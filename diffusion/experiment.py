@@ -544,8 +544,7 @@ class Experiment(ts.StateFactory):
     frames = trajectory["x"]
     traj = dict(trajectory)
     if sigma_space:
-      t = trajectory["t"].reshape((-1,) + (1,) * (frames.ndim - 1))
-      frames = frames / jnp.sqrt(1.0 + jnp.square(t))
+      frames = unit_scale_frames(frames, trajectory["t"])
       traj["scaled"] = True
     traj["x"] = jax.lax.map(self.codec.decode, frames)
     return images, traj
@@ -857,6 +856,14 @@ def make_tx(config):
   labels = lambda params: {k: jax.tree.map(lambda _: "frozen" if k == "text" else "train", v)
                            for k, v in params.items()}
   return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def unit_scale_frames(frames, sigmas):
+  """A sigma-space trajectory's frames ``x0 + sigma z`` ([T, B, ...], one sigma per
+  frame) as the VP state ``x / sqrt(1 + sigma^2)`` (unit scale, shown or decoded
+  instead of noise of scale 80). NumPy or JAX arrays."""
+  t = sigmas.reshape((-1,) + (1,) * (frames.ndim - 1))
+  return frames / (1.0 + t * t) ** 0.5
 
 
 def build(config, *, tokenizer=None, default_prompts=(), codec=None) -> Experiment:

@@ -215,6 +215,30 @@ def test_parts_of_several_processes_assemble_the_dataset(ae_workdir):
   np.testing.assert_array_equal(labels, it.labels)
 
 
+def test_rows_are_the_stored_pixels_in_minus_one_one():
+  """`DataIterator.rows` (what the cache encodes): row i's uint8 pixels p as
+  p / 255 * 2 - 1 exactly, and its label, with dequantization on for the batches."""
+  pixels = np.random.default_rng(0).integers(0, 256, (10, 4, 4, 1)).astype(np.uint8)
+  labels = np.arange(10, dtype=np.int32) % 3
+  it = data.DataIterator(pixels, labels, 256, batch_size=2, seed=0, dequantize=True)
+  x, y = it.rows(np.array([7, 2]))
+  assert x.dtype == np.float32
+  np.testing.assert_array_equal(x, pixels[[7, 2]].astype(np.float32) / 255 * 2 - 1)
+  np.testing.assert_array_equal(y, labels[[7, 2]])
+
+
+def test_sigma_space_frames_are_shown_at_unit_scale():
+  """Frames x0 + sigma z of sigmas (80, 1, 0) become (x0 + sigma z) / sqrt(1 + sigma^2)
+  (exact: sqrt(6401), sqrt(2), 1), for NumPy and JAX arrays alike."""
+  frames = np.stack([np.full((2, 3), 80.0), np.full((2, 3), 2.0), np.full((2, 3), 0.5)])
+  sig = np.array([80.0, 1.0, 0.0])
+  want = frames / np.sqrt(1 + sig**2)[:, None, None]
+  np.testing.assert_allclose(experiment.unit_scale_frames(frames, sig), want, rtol=1e-12)
+  np.testing.assert_allclose(experiment.unit_scale_frames(jnp.asarray(frames, jnp.float32),
+                                                          jnp.asarray(sig, jnp.float32)),
+                             want, rtol=1e-6)
+
+
 # ------------------------------------------------------- the latent path itself
 
 

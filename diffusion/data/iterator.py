@@ -90,6 +90,13 @@ class DataIterator(Iterator[dict]):
       return pixels.astype(np.float32)
     return pixels.astype(np.float32) / (self.levels - 1) * 2.0 - 1.0
 
+  def rows(self, idx) -> tuple[np.ndarray, np.ndarray]:
+    """``(images float32 in [-1, 1], labels)`` of dataset rows `idx` in stored order:
+    the stored pixels with no dequantization or flips (what an encoder of the whole
+    dataset reads, `data.latents`)."""
+    pixels, labels = self._take(np.asarray(idx))
+    return self._scaled(np.asarray(pixels)), labels
+
   def every_example(self, limit: int | None = None) -> Iterator[dict[str, np.ndarray]]:
     """The first `limit` (default all N) examples of epoch 0's order, each once, in
     global batches of `batch_size` (this process's slice of each, as `__next__`),

@@ -62,8 +62,7 @@ def encode_rows(encode: Callable, it: DataIterator, rows: np.ndarray, progress=N
   chunks = range(0, len(rows), BATCH)
   for i in (progress(chunks) if progress else chunks):
     idx = rows[i:i + BATCH]
-    pixels, lab = it._take(idx)  # pylint: disable=protected-access
-    x = it._scaled(np.asarray(pixels))  # pylint: disable=protected-access
+    x, lab = it.rows(idx)
     pad = BATCH - len(x)
     if pad:
       x = np.concatenate([x, np.zeros((pad,) + x.shape[1:], x.dtype)])

@@ -75,10 +75,7 @@ def sample(config, workdir: str) -> str:
   first, traj = traj_fn(params, jax.random.fold_in(exp.sample_key, 0))
   first, traj_x = placement.to_host(first), placement.to_host(traj["x"])
   if experiment.runs_in_sigma_space(record, on) and not traj.get("scaled"):
-    # x~ = x0 + sigma z: shown as the VP state x~ / sqrt(1 + sigma^2) (unit scale), not
-    # clipped noise of scale 80.
-    t = placement.to_host(traj["t"]).reshape(-1, *([1] * (traj_x.ndim - 1)))
-    traj_x = traj_x / np.sqrt(1.0 + t**2)
+    traj_x = experiment.unit_scale_frames(traj_x, placement.to_host(traj["t"]))
   chunks = [first]
   if batch:
     chunk_fn = exp.sample_fn(num_samples=batch, mesh=mesh)
