@@ -67,7 +67,7 @@ def check_interval(interval) -> tuple[float, float] | None:
   return lo, hi
 
 
-class _Wrapper(Views):
+class Wrapper(Views):
   """What a guided denoiser takes from the denoiser ``base`` it wraps (a dataclass field
   of the subclass): its process and coefficients; `bind` rebinds the base's condition."""
 
@@ -83,7 +83,7 @@ class _Wrapper(Views):
 
 
 @dataclasses.dataclass(frozen=True)
-class ClassifierFree(_Wrapper):
+class ClassifierFree(Wrapper):
   """Classifier-free guidance of `base` (module docstring).
 
   Attributes:
@@ -143,7 +143,7 @@ class ClassifierFree(_Wrapper):
 
 
 @dataclasses.dataclass(frozen=True)
-class ClassifierGuided(_Wrapper):
+class ClassifierGuided(Wrapper):
   """Classifier guidance of `base` (module docstring).
 
   Attributes:
