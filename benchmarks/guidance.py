@@ -26,17 +26,13 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import cpu_load  # noqa: E402  (benchmarks/cpu_load.py)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from diffusion import experiment  # noqa: E402
 
-
-def _cpu_busy():
-  with open("/proc/stat") as f:
-    v = [int(x) for x in f.readline().split()[1:]]
-  return sum(v) - v[3] - v[4], sum(v)
 
 
 def main(argv=None):
@@ -80,24 +76,19 @@ def main(argv=None):
       jax.block_until_ready(f())
     return (time.perf_counter() - t) / n
 
-  busy0, total0 = _cpu_busy()
-  own0, wall0 = time.process_time(), time.perf_counter()
+  load = cpu_load.LoadMeter()
   rows = []
   for _ in range(a.rounds):
     g = timed(lambda: guided(params, key)) / a.steps
     one = timed(lambda: call(params, x2, t2, y2), n=10)
     u = timed(lambda: plain(params, key)) / a.steps
     rows.append({"guided_step_s": g, "call_2b_s": one, "plain_step_s": u, "ratio": g / one})
-  busy1, total1 = _cpu_busy()
-  all_busy = (busy1 - busy0) / max(total1 - total0, 1)  # Of all cores' time.
-  own = (time.process_time() - own0) / ((time.perf_counter() - wall0) * os.cpu_count())
   med = {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
   out = {"config": a.config, "batch": b, "steps": a.steps, "backend": jax.default_backend(),
          "device": jax.devices()[0].device_kind, "jax": jax.__version__,
          "xla_flags": os.environ.get("XLA_FLAGS", ""), "compile_s": compile_s,
          "median": med, "rounds": rows,
-         "machine_busy_share": all_busy, "own_share": own,
-         "other_load_share": max(0.0, all_busy - own)}
+         **load.shares()}
   print(json.dumps({k: v for k, v in out.items() if k != "rounds"}, indent=1))
   print(f"guided DDIM step {med['guided_step_s'] * 1e3:.1f} ms vs one call on 2B "
         f"{med['call_2b_s'] * 1e3:.1f} ms: ratio {med['ratio']:.3f} (goal <= 1.1); "

@@ -40,11 +40,15 @@ import pytest  # noqa: E402
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 
-# The files whose setup runs CLI subprocesses, slowest first: started first, so
-# that with `-n 2 --dist loadfile` (README) the long ones overlap the rest.
-SLOW_FIRST = ("test_multihost.py", "test_reliability.py", "test_train_smoke.py",
-              "test_eval_mode.py", "test_learning.py", "test_registry.py", "test_classifier.py",
-              "test_compat.py")
+# The slowest files, slowest first (a full run's `--durations`, 2026-12-03): started
+# first, so that with `-n 2 --dist loadfile` (README) the long ones overlap the rest
+# and the run does not end on one long file (longest-processing-time-first).
+SLOW_FIRST = ("test_conditioning.py", "test_multihost.py", "test_latent.py",
+              "test_reliability.py", "test_text_conditioning.py", "test_guidance.py",
+              "test_train_smoke.py", "test_study.py", "test_eval_mode.py", "test_learning.py",
+              "test_text_encoder.py", "test_formulations.py", "test_registry.py",
+              "test_edit.py", "test_parallel.py", "test_port.py", "test_compat.py",
+              "test_classifier.py")
 
 
 def pytest_collection_modifyitems(session, config, items):

@@ -83,7 +83,7 @@ def test_discriminator_terms_train_their_own_net():
   the autoencoder's params and the hinge loss for the discriminator's; before
   ``disc_start`` the discriminator gets no gradient at all."""
   exp = _adversarial_exp(disc_start=10)
-  params = exp.create_state(jax.random.PRNGKey(0)).params
+  params = exp.init_state().params  # Jitted (eager Flax init of the two nets: ~18 s).
   x = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (4, 8, 8, 1)), jnp.float32)
   batch, rng = {"image": x}, jax.random.PRNGKey(2)
   a = exp.config.autoencoder
@@ -97,13 +97,17 @@ def test_discriminator_terms_train_their_own_net():
     hinge = 0.5 * (jnp.mean(jax.nn.relu(1 - d(x))) + jnp.mean(jax.nn.relu(1 + d(x_hat))))
     return rec + a.kl_weight * kl + a.disc_weight * g, hinge
 
-  want_ae = jax.grad(lambda p: parts(p, params["disc"])[0])(params["ae"])
-  want_disc = jax.grad(lambda p: parts(params["ae"], p)[1])(params["disc"])
-  grads = jax.grad(lambda p: exp.loss_fn(p, batch, rng, step=jnp.int32(10))[0])(params)
+  @jax.jit  # One program: eager op-by-op grads of these Flax nets take ~10 s each on a CPU.
+  def all_grads(params):
+    loss_grad = jax.grad(lambda p, s: exp.loss_fn(p, batch, rng, step=s)[0])
+    return (jax.grad(lambda p: parts(p, params["disc"])[0])(params["ae"]),
+            jax.grad(lambda p: parts(params["ae"], p)[1])(params["disc"]),
+            loss_grad(params, jnp.int32(10)), loss_grad(params, jnp.int32(9)))
+
+  want_ae, want_disc, grads, early = all_grads(params)
   for got, want in ((grads["ae"], want_ae), (grads["disc"], want_disc)):
     for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
       np.testing.assert_allclose(g, w, rtol=2e-4, atol=1e-7)
-  early = jax.grad(lambda p: exp.loss_fn(p, batch, rng, step=jnp.int32(9))[0])(params)
   assert all(float(jnp.abs(g).max()) == 0.0 for g in jax.tree.leaves(early["disc"]))
   assert train_step.make_train_step  # The step passes `step` to such a loss (train/step.py).
 

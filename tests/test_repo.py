@@ -57,13 +57,25 @@ def test_readme_formulations_table_is_the_file_the_code_wrote():
       assert cell == (f"{fid[spec]:.1f}" if spec in fid else "-"), (name, spec)
 
 
+def test_readme_autoencoder_result_is_the_file_the_code_wrote():
+  """The README's MNIST autoencoder PSNR, SE, MSE and scale factor are those of the
+  committed checkpoint json (`latent.AutoencoderExperiment.on_checkpoint` wrote it)."""
+  info = json.loads((ROOT / "docs" / "mnist_latent" / "autoencoder_step_003000.json").read_text())
+  readme = (ROOT / "README.md").read_text()
+  assert (f"PSNR **{info['recon_psnr']:.2f} dB ± {info['recon_psnr_se']:.2f}**" in readme
+          and f"MSE {info['recon_mse']:.4f}" in readme
+          and f"latent scale factor {info['scale_factor']:.3f}" in readme), info
+
+
 def test_readme_guidance_tables_are_the_files_the_code_wrote():
-  """The README's guidance tables (class labels, text prompts) are `diffusion.figures`'s
-  guidance.md of the committed results.json, line for line (`viz.tables.guidance_markdown`)."""
+  """The README's guidance tables (class labels, text prompts; the latent text model and
+  its pixel twin) are `diffusion.figures`'s guidance.md of the committed results.json,
+  line for line (`viz.tables.guidance_markdown`)."""
   from diffusion.viz import tables  # pylint: disable=g-import-not-at-top
   readme = (ROOT / "README.md").read_text()
-  for name in ("class", "text"):
-    folder = ROOT / "docs" / "mnist_guidance" / name
+  for name in ("mnist_guidance/class", "mnist_guidance/text", "mnist_latent/text",
+               "mnist_latent/pixel_text"):
+    folder = ROOT / "docs" / name
     results = json.loads((folder / "results.json").read_text())
     md = (folder / "guidance.md").read_text()
     assert md == tables.guidance_markdown(results)
