@@ -229,6 +229,27 @@ def sdedit_start(sched: schedules.DiscreteSchedule, x_in, strength, key):
   return truncated(sched, k), jnp.sqrt(ab) * x_in + jnp.sqrt(1.0 - ab) * z
 
 
+def sdedit_sigma_start(process, x_in, strength, key, num_steps: int, *, rho: float = 7.0,
+                       eps: float = 1e-3):
+  """``(sigmas, x_start)`` of SDEdit for the samplers of `samplers.sigma` on any process
+  (x~ = x0 + sigma~ z): the noise level at the edit's time, ``sigma_s = sigma~(t_s)``
+  with ``t_s = strength`` on a continuous process (the discrete schedule's step
+  ``round(s T) - 1``), a Karras grid (rho 7) of `num_steps` steps from ``sigma_s`` down
+  to the process's ``sigma_min`` and then 0, and ``x_start = x_in + sigma_s z``. Any
+  sigma-space sampler given ``(sigmas, x_init=x_start)`` completes the edit."""
+  from diffusion.core import processes  # pylint: disable=g-import-not-at-top
+  s = check_strength(strength)
+  if processes.is_discrete(process):
+    t = jnp.asarray([sdedit_steps(process, s) - 1])
+  else:
+    t = jnp.asarray([s], jnp.float32)
+  sigma_s = processes.sigma_tilde(process, t)[0]
+  lo, _ = processes.sigma_limits(process, eps)
+  sigmas = grids.karras_sigmas(num_steps, jnp.minimum(lo, 0.5 * sigma_s), sigma_s, rho)
+  x_in = jnp.asarray(x_in, jnp.float32)
+  return sigmas, x_in + sigma_s * jax.random.normal(key, x_in.shape, jnp.float32)
+
+
 # -------------------------------------------------------------- denoising
 
 
@@ -270,46 +291,6 @@ def estimate_sigma(images) -> np.ndarray:
   x = x[:, :h, :w]
   hh = (x[:, 0::2, 0::2] - x[:, 0::2, 1::2] - x[:, 1::2, 0::2] + x[:, 1::2, 1::2]) / 2
   return np.median(np.abs(hh).reshape(len(x), -1), axis=1) / 0.6745
-
-
-# ------------------------------------------------------------- DDIM inversion
-
-
-def ddim_inversion_plan(sched: schedules.DiscreteSchedule, num_steps: int):
-  """``(eval_t, ab_from, ab_to)``, int32 / float32 ``[num_steps]``: step i of DDIM
-  inversion goes from position i (0: the clean image, ab = 1; i >= 1: DDIM's step
-  ``tau_{i-1}``) to ``tau_i`` (`grids.ddim_timesteps`, the grid DDIM-`num_steps`
-  descends), with the network asked at ``tau_{max(i - 1, 0)}``: the current step, and on
-  the clean image DDIM's least noisy step."""
-  taus = grids.ddim_timesteps(sched.num_steps, num_steps)
-  ab = np.asarray(sched.alpha_bars, np.float64)
-  eval_t = np.concatenate([[taus[0]], taus[:-1]]).astype(np.int32)
-  ab_from = np.concatenate([[1.0], ab[taus[:-1]]]).astype(np.float32)
-  return jnp.asarray(eval_t), jnp.asarray(ab_from), jnp.asarray(ab[taus].astype(np.float32))
-
-
-def ddim_invert(eps_fn, sched: schedules.DiscreteSchedule, x0, num_steps: int, *,
-                return_trajectory: bool = False):
-  """DDIM inversion (Song et al. 2021, sec. 4.3; the inversion of prompt-to-prompt
-  editing): DDIM's deterministic update run from the clean image up to the last step of
-  the DDIM-`num_steps` grid, ``x' = sqrt(ab') x0_hat + sqrt(1 - ab') eps(x, t)`` with
-  ``x0_hat = (x - sqrt(1 - ab) eps) / sqrt(ab)`` (`ddim_inversion_plan`). Returns
-  ``x_T`` for ``samplers.ddim(..., num_steps=num_steps, eta=0, x_init=x_T)``, which
-  reconstructs ``x0`` up to the steps' first-order error (eps is taken at the step
-  the update leaves, not the one it reaches), or regenerates it under another condition."""
-  eval_t, ab_from, ab_to = ddim_inversion_plan(sched, num_steps)
-  x = jnp.asarray(x0, jnp.float32)
-  B = x.shape[0]
-
-  def step(x, inputs):
-    t, a_from, a_to = inputs
-    eps = eps_fn(x, jnp.full((B,), t, jnp.int32))
-    x0_hat = (x - jnp.sqrt(1.0 - a_from) * eps) / jnp.sqrt(a_from)
-    x = jnp.sqrt(a_to) * x0_hat + jnp.sqrt(1.0 - a_to) * eps
-    return x, ({"t": t, "x": x} if return_trajectory else None)
-
-  x, traj = jax.lax.scan(step, x, (eval_t, ab_from, ab_to))
-  return (x, traj) if return_trajectory else x
 
 
 # ----------------------------------------------------------- anomaly scores
