@@ -36,9 +36,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion.core import grids, schedules
+from diffusion.core import grids, processes, schedules
 from diffusion.core.denoiser import Denoiser
 from diffusion.core.guidance import Wrapper
+from diffusion.core.samplers.base import x0_from_eps
 
 _b = schedules.broadcast_to
 
@@ -157,10 +158,7 @@ def repaint(eps_fn, sched: schedules.DiscreteSchedule, rng, x_known, mask, *,
   def reverse(x, n, key):
     t = n - 1
     tb = jnp.full((B,), t, jnp.int32)
-    alpha, sigma = sched.alpha(tb), sched.sigma(tb)
-    x0 = (x - _b(sigma, x) * eps_fn(x, tb)) / _b(alpha, x)
-    if clip_denoised is not None:
-      x0 = jnp.clip(x0, -clip_denoised, clip_denoised)
+    x0 = x0_from_eps(x, eps_fn(x, tb), sched.alpha(tb), sched.sigma(tb), clip_denoised)
     mean, var, _ = schedules.q_posterior(sched, x0, x, tb)
     k1, k2 = jax.random.split(key)
     x = mean + jnp.where(t > 0, jnp.sqrt(var), 0.0) * jax.random.normal(k1, x.shape)
@@ -225,8 +223,8 @@ def sdedit_start(sched: schedules.DiscreteSchedule, x_in, strength, key):
   z = jax.random.normal(key, x_in.shape, jnp.float32)
   if k == sched.num_steps:
     return sched, z
-  ab = sched.alpha_bars[k - 1]
-  return truncated(sched, k), jnp.sqrt(ab) * x_in + jnp.sqrt(1.0 - ab) * z
+  t = jnp.full((x_in.shape[0],), k - 1, jnp.int32)
+  return truncated(sched, k), schedules.q_sample(sched, x_in, t, z)
 
 
 def sdedit_sigma_start(process, x_in, strength, key, num_steps: int, *, rho: float = 7.0,
@@ -237,7 +235,6 @@ def sdedit_sigma_start(process, x_in, strength, key, num_steps: int, *, rho: flo
   ``round(s T) - 1``), a Karras grid (rho 7) of `num_steps` steps from ``sigma_s`` down
   to the process's ``sigma_min`` and then 0, and ``x_start = x_in + sigma_s z``. Any
   sigma-space sampler given ``(sigmas, x_init=x_start)`` completes the edit."""
-  from diffusion.core import processes  # pylint: disable=g-import-not-at-top
   s = check_strength(strength)
   if processes.is_discrete(process):
     t = jnp.asarray([sdedit_steps(process, s) - 1])
@@ -269,7 +266,6 @@ def denoise_start(sched: schedules.DiscreteSchedule, y, sigma):
   from the matching step: k - 1 is the step whose ``sigma~ = sqrt(1 / ab - 1)`` is
   nearest to `sigma` (a float), the schedule is `truncated` to k steps and ``x_start =
   sqrt(ab_{k-1}) y``, a draw of ``q(x_{k-1} | x)`` when ``sigma`` is that step's level."""
-  from diffusion.core import processes  # pylint: disable=g-import-not-at-top
   sigma = float(sigma)
   if not sigma > 0:
     raise ValueError(f"the noise level sigma={sigma} must be > 0")
