@@ -31,11 +31,14 @@ def ddim_timesteps(T: int, num_steps: int) -> np.ndarray:
 
 
 
-def uniform_times(num_steps: int, eps: float) -> jax.Array:
-  """``[N+1]`` float32 times from 1 down to ``eps``, evenly spaced."""
+def uniform_times(num_steps: int, eps: float, t_start: float = 1.0) -> jax.Array:
+  """``[N+1]`` float32 times from `t_start` (1: the prior; less: an edit that starts
+  part-way, `core.edit.start_at_level`) down to ``eps``, evenly spaced."""
   if not 0.0 < eps < 1.0:
     raise ValueError(f"eps (the final time) must lie in (0, 1), got {eps}")
-  return jnp.linspace(1.0, eps, num_steps + 1, dtype=jnp.float32)
+  if not eps < t_start <= 1.0:
+    raise ValueError(f"t_start={t_start} must lie in (eps={eps}, 1]")
+  return jnp.linspace(t_start, eps, num_steps + 1, dtype=jnp.float32)
 
 
 SIGMA_GRIDS = ("karras", "log_snr", "time")

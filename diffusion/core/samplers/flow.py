@@ -13,9 +13,10 @@ from diffusion.core.samplers.sde import ScoreFn, tweedie_x0
 def probability_flow(
     score_fn: ScoreFn, sde, rng: jax.Array, shape, *, num_steps: int = 100, method: str = "heun",
     eps: float = 1e-3, rtol: float = 1e-5, atol: float = 1e-5, x_init: jax.Array | None = None,
-    return_trajectory: bool = False,
+    return_trajectory: bool = False, t_start: float = 1.0,
 ):
-  """Integrates the probability-flow ODE ``dx/dt = f - g^2 score / 2`` from 1 to ``eps``.
+  """Integrates the probability-flow ODE ``dx/dt = f - g^2 score / 2`` from 1 (or
+  `t_start`, with `x_init` at that time: SDEdit, denoising) to ``eps``.
 
   ``method``: "euler" (order 1), "heun" (order 2; 2 evaluations per step) on
   a uniform grid of ``num_steps`` steps, or "rk45" (adaptive Dormand–Prince
@@ -29,10 +30,10 @@ def probability_flow(
     if return_trajectory:
       raise ValueError("return_trajectory is not available for method='rk45'; use 'heun'")
     return probability_flow_adaptive(score_fn, sde, rng, shape, max_steps=num_steps, eps=eps,
-                                     rtol=rtol, atol=atol, x_init=x_init)[0]
+                                     rtol=rtol, atol=atol, x_init=x_init, t_start=t_start)[0]
   x, _ = start(rng, shape, x_init, sde.prior_sample)
   drift = _drift(score_fn, sde, x.shape[0])
-  ts = grids.uniform_times(num_steps, eps)
+  ts = grids.uniform_times(num_steps, eps, t_start)
   if not return_trajectory:
     return ode.integrate_fixed(drift, x, ts, method)
   x, xs = ode.integrate_fixed(drift, x, ts, method, return_trajectory=True)
@@ -45,12 +46,13 @@ def probability_flow(
 def probability_flow_adaptive(
     score_fn: ScoreFn, sde, rng: jax.Array, shape, *, max_steps: int = 1000, eps: float = 1e-3,
     rtol: float = 1e-5, atol: float = 1e-5, x_init: jax.Array | None = None,
+    t_start: float = 1.0,
 ):
-  """The probability-flow ODE by adaptive Dormand–Prince; returns ``(x, stats)``
+  """The probability-flow ODE by adaptive Dormand–Prince from `t_start`; returns ``(x, stats)``
   with ``stats`` of `ode.integrate_adaptive` ("nfe", "steps", "rejected", "reached_end")."""
   check_steps(max_steps, "max_steps")
   x, _ = start(rng, shape, x_init, sde.prior_sample)
-  return ode.integrate_adaptive(_drift(score_fn, sde, x.shape[0]), x, 1.0, eps, rtol=rtol,
+  return ode.integrate_adaptive(_drift(score_fn, sde, x.shape[0]), x, t_start, eps, rtol=rtol,
                                 atol=atol, max_steps=max_steps)
 
 

@@ -210,7 +210,8 @@ class ProbabilityFlowOptions:
 
 
 # --------------------------------------------------------------------------
-# Runs: (denoiser, process, rng, shape, options, *, x_init, return_trajectory).
+# Runs: (denoiser, process, rng, shape, options, *, x_init, return_trajectory; edits
+# that start part-way add t_start= (SDE / ODE samplers) or sigmas= (sigma space)).
 # --------------------------------------------------------------------------
 
 
@@ -221,7 +222,9 @@ def _run_ddpm(den, process, rng, shape, o, **kw):
 
 def _run_ddim(den, process, rng, shape, o, **kw):
   if not processes.is_discrete(process):
-    return sigma.euler(den.sigma_fn(), _grid(process, o), rng, shape, eta=o.eta, **kw)
+    sigmas = kw.pop("sigmas", None)
+    sigmas = _grid(process, o) if sigmas is None else sigmas
+    return sigma.euler(den.sigma_fn(), sigmas, rng, shape, eta=o.eta, **kw)
   return discrete.ddim(den.eps_fn(), process, rng, shape, num_steps=o.num_steps, eta=o.eta,
                        clip_denoised=_clip(o), **kw)
 
@@ -238,7 +241,9 @@ def _sigma_run(fn, **fixed):
       extra.update(s_churn=o.s_churn, s_tmin=o.s_tmin, s_tmax=o.s_tmax, s_noise=o.s_noise)
     if isinstance(o, DPMSolverOptions):
       extra.update(order=o.solver_order)
-    return fn(den.sigma_fn(), _grid(process, o), rng, shape, **extra, **kw)
+    sigmas = kw.pop("sigmas", None)  # An edit's own grid (`core.edit.start_at_level`).
+    sigmas = _grid(process, o) if sigmas is None else sigmas
+    return fn(den.sigma_fn(), sigmas, rng, shape, **extra, **kw)
   return run
 
 

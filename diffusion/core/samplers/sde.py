@@ -23,9 +23,9 @@ def tweedie_x0(sde, x, t, score):
 
 
 def _pc_loop(predictor, corrector, score_fn, sde, rng, shape, num_steps, eps, snr,
-             corrector_steps, x_init, return_trajectory):
-  ts = grids.uniform_times(num_steps, eps)
-  dt = (1.0 - eps) / num_steps
+             corrector_steps, x_init, return_trajectory, t_start=1.0):
+  ts = grids.uniform_times(num_steps, eps, t_start)
+  dt = (t_start - eps) / num_steps
   x, loop_key = start(rng, shape, x_init, sde.prior_sample)
   B = x.shape[0]
   step_size_fn = CORRECTORS[corrector]
@@ -56,23 +56,24 @@ def _pc_loop(predictor, corrector, score_fn, sde, rng, shape, num_steps, eps, sn
 
 def euler_maruyama(
     score_fn: ScoreFn, sde, rng: jax.Array, shape, *, num_steps: int = 1000, eps: float = 1e-3,
-    x_init: jax.Array | None = None, return_trajectory: bool = False,
+    x_init: jax.Array | None = None, return_trajectory: bool = False, t_start: float = 1.0,
 ):
   """Euler–Maruyama on the reverse-time SDE from t = 1 to ``eps`` in ``num_steps`` steps.
 
   ``x <- x - [f - g^2 score] dt + g sqrt(dt) z`` (dt > 0, time decreasing); the
-  final step returns its mean.
+  final step returns its mean. `t_start` < 1 starts part-way (with `x_init` a draw
+  of the marginal there: SDEdit, denoising).
   """
   check_steps(num_steps)
   return _pc_loop(PREDICTORS["euler_maruyama"], "none", score_fn, sde, rng, shape, num_steps, eps,
-                  0.0, 0, x_init, return_trajectory)
+                  0.0, 0, x_init, return_trajectory, t_start)
 
 
 def predictor_corrector(
     score_fn: ScoreFn, sde, rng: jax.Array, shape, *, num_steps: int = 1000,
     predictor: str = "reverse_diffusion", corrector: str = "langevin", snr: float = 0.16,
     corrector_steps: int = 1, eps: float = 1e-3, x_init: jax.Array | None = None,
-    return_trajectory: bool = False,
+    return_trajectory: bool = False, t_start: float = 1.0,
 ):
   """Predictor–corrector sampling (Song et al. 2021, Alg. 1–2).
 
@@ -80,7 +81,8 @@ def predictor_corrector(
   SDE's own discretisation —, "ancestral" for VP / VE, "none"). Correctors:
   `CORRECTORS` ("none", "langevin" with target signal-to-noise ratio ``snr``,
   "ald" annealed Langevin dynamics of NCSN). Each step runs
-  ``corrector_steps`` corrector updates at time t, then the predictor.
+  ``corrector_steps`` corrector updates at time t, then the predictor. `t_start` as
+  in `euler_maruyama`.
   """
   check_choice(predictor, PREDICTORS, "predictor")
   check_choice(corrector, CORRECTORS, "corrector")
@@ -92,5 +94,5 @@ def predictor_corrector(
   if predictor == "none" and corrector == "none":
     raise ValueError("predictor and corrector cannot both be 'none'")
   return _pc_loop(PREDICTORS[predictor], corrector, score_fn, sde, rng, shape, num_steps, eps,
-                  snr, corrector_steps, x_init, return_trajectory)
+                  snr, corrector_steps, x_init, return_trajectory, t_start)
 
