@@ -393,6 +393,53 @@ def get_config(arg=None):
   ev.bpd_num = 1000  # Images of bpd_split for bits/dim.
   ev.bpd_split = "test"  # "train" | "test".
 
+  # ------------------------------------------------------------------ edit
+  # --mode edit (diffusion/modes/edit.py): applications of a trained model to given
+  # images, with the sampler of config.sample (and its guidance); results under
+  # workdir/edit/<task>[-2, ...]/.
+  config.edit = ed = ml_collections.ConfigDict()
+  # "inpaint" | "img2img" (SDEdit) | "invert" (DDIM inversion, then regeneration under
+  # edit.labels / edit.prompt) | "denoise" | "anomaly" (per-image scores).
+  ed.task = "inpaint"
+  # The images: an image file, a folder of them, or an .npz ("images" or "arr_0";
+  # optional "label" [N] and, for anomaly, "anomaly" [N] of 0 / 1). The model's exact
+  # size and channels; pixels in [0, 255] (files, uint8) or [-1, 1] (float npz).
+  ed.input = ""
+  ed.num = 0  # Use the first n images (0: all).
+  ed.batch_size = 64  # Images per compiled call.
+  ed.grid_size = 16  # Images in the side-by-side figure (input | mask or noise | result).
+  # inpaint: "half" (the bottom half generated) | "box" (a centred square) | "strokes"
+  # (seeded random strokes, one mask per image) | a black-and-white PNG (white = keep).
+  ed.mask = "half"
+  ed.inpaint_method = "replace"  # "replace" (any sampler) | "repaint" (discrete models).
+  ed.jump_length = 10  # repaint: levels per resampling jump ...
+  ed.jump_n_sample = 10  # ... and passes over each (1 = the replacement method on DDPM).
+  ed.strength = 0.5  # img2img: SDEdit's start time s in (0, 1] (1: a fresh sample).
+  # img2img / invert on conditional models: the target labels ("3" or "3,7", cycled
+  # over the images) or prompts ("a|b", cycled); "": unconditional (the null condition).
+  ed.labels = ""
+  ed.prompt = ""
+  # invert: the condition of the inversion (labels "" = the npz's "label" if any, else the
+  # null condition; prompt "" = the empty prompt), and its DDIM steps (0: sample.num_steps).
+  ed.source_labels = ""
+  ed.source_prompt = ""
+  ed.invert_steps = 0
+  # denoise: the input's noise std in [-1, 1] units (0: estimated per image from its
+  # finest wavelet band); with add_noise the input is clean and that noise is added
+  # first (then PSNR against the clean images is reported).
+  ed.sigma = 0.0
+  ed.add_noise = False
+  ed.denoise_method = "tweedie"  # "tweedie" (one step, E[x | y]) | "reverse" (the sampler from sigma).
+  # anomaly: scores among "reconstruction" (noised to each of recon_sigmas, denoised in
+  # one step, squared error), "score_norm" (|D(x, score_sigma) - x|^2) and "bpd" (bits/dim:
+  # DDPM's bound on discrete models, the ODE's on continuous ones; costly).
+  ed.scores = ("reconstruction", "score_norm")
+  ed.recon_sigmas = (0.1, 0.3, 0.6)
+  ed.score_sigma = 0.05
+  # anomaly: normal validation images whose score quantile is the threshold ("": none).
+  ed.normal = ""
+  ed.quantile = 0.95
+
   # ----------------------------------------------------------------- wandb
   config.wandb = wb = ml_collections.ConfigDict()
   wb.mode = "disabled"  # "disabled" | "offline" | "online" (offline: workdir/wandb/, upload with `wandb sync`).

@@ -19,7 +19,9 @@ or DIFFUSION_DISTRIBUTED=1), before anything touches JAX's devices.
 process (.gif) from a checkpoint; `--mode eval` writes FID / KID / IS per
 sampler of `config.eval.samplers` / `config.eval.specs` and bits/dim to workdir/eval/results.{json,md}
 (`modes.eval`); `--mode export` writes the EMA parameters alone to
-workdir/export/ema_XXXXXX.npz (`modes.export`); SIGTERM / SIGINT during training save a checkpoint and exit 0
+workdir/export/ema_XXXXXX.npz (`modes.export`); `--mode edit` inpaints, edits
+(SDEdit, DDIM inversion), denoises or scores anomalies of given images
+(``config.edit``, `modes.edit`) into workdir/edit/<task>/; SIGTERM / SIGINT during training save a checkpoint and exit 0
 (resume with the same command).
 
 Errors: a bad config key, value, file or override, and every error of the
@@ -47,7 +49,7 @@ from ml_collections import config_flags  # noqa: E402
 from diffusion.core import checks  # noqa: E402
 from diffusion.run import cli  # noqa: E402
 
-MODES = ("train", "sample", "eval", "export")
+MODES = ("train", "sample", "eval", "export", "edit")
 USAGE_EXIT, RUNTIME_EXIT, INTERRUPT_EXIT = 2, 1, 130
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -114,6 +116,7 @@ def report(error: BaseException) -> int:
 
 def run(config, workdir: str, mode: str):
   """Runs `mode` in `workdir` (the work of `main`, without flags or error reporting)."""
+  from diffusion.modes import edit as edit_mode  # pylint: disable=g-import-not-at-top
   from diffusion.modes import eval as eval_mode  # pylint: disable=g-import-not-at-top
   from diffusion.modes import export as export_mode  # pylint: disable=g-import-not-at-top
   from diffusion.modes import sample as sample_mode  # pylint: disable=g-import-not-at-top
@@ -124,6 +127,8 @@ def run(config, workdir: str, mode: str):
     return sample_mode.sample(config, workdir)
   if mode == "export":
     return export_mode.export(config, workdir)
+  if mode == "edit":
+    return edit_mode.edit_mode(config, workdir)
   return eval_mode.evaluate(config, workdir)
 
 

@@ -444,10 +444,10 @@ def test_start_at_level_on_a_discrete_schedule_is_sdedit_start():
   z = jax.random.normal(key, x_in.shape)
   level = edit.strength_level(SCHED, 0.3)
   assert level == pytest.approx(float(np.sqrt(1 / AB[29] - 1)), rel=1e-6)
-  proc, o, kw = edit.start_at_level(SCHED, "discrete", x_in + level * z, level,
-                                    registry.DDIMOptions(num_steps=20))
-  assert proc.num_steps == sched.num_steps == 30 and o.num_steps == 6
-  np.testing.assert_allclose(kw["x_init"], x_start, atol=1e-6)
+  proc, o, kw, c = edit.start_at_level(SCHED, "discrete", level,
+                                       registry.DDIMOptions(num_steps=20))
+  assert proc.num_steps == sched.num_steps == 30 and o.num_steps == 6 and not kw
+  np.testing.assert_allclose(c * (x_in + level * z), x_start, atol=1e-6)
 
 
 @pytest.mark.parametrize("method", ["probability_flow", "edm_heun"])
@@ -471,8 +471,9 @@ def test_start_at_level_runs_the_exact_flow_map_from_part_way(method):
   errs = []
   for n in (16, 32):
     o = dataclasses.replace(registry.options_from(record, {}), num_steps=2 * n)
-    proc, o, kw = edit.start_at_level(sde, record.domains[0], y, level, o)
+    proc, o, kw, c = edit.start_at_level(sde, record.domains[0], level, o)
     assert o.num_steps == n or method == "edm_heun"
-    out = record.run(den, proc, jax.random.PRNGKey(0), y.shape, o, **kw)
+    out = jax.jit(lambda y: record.run(den, proc, jax.random.PRNGKey(0), y.shape, o,
+                                       x_init=c * y, **kw))(y)
     errs.append(float(np.max(np.abs(np.asarray(out, np.float64) - want))))
   assert errs[1] < errs[0] / 3 and errs[1] < 0.01, errs

@@ -257,18 +257,19 @@ def strength_level(process, strength) -> float:
   return float(processes.sigma_tilde(process, t)[0])
 
 
-def start_at_level(process, domain: str, y, sigma_s: float, options):
-  """How a sampler of `domain` on `process` carries ``y = x + sigma_s z`` (a state at
-  noise level `sigma_s` in the unit-alpha form of sigma space) down to the data: returns
-  ``(process', options', kwargs)`` for ``record.run(den, process', rng, shape,
-  options', **kwargs)``. The same start serves SDEdit (``y = x_in + sigma_s z``) and
-  denoising (``y`` the noisy input).
+def start_at_level(process, domain: str, sigma_s: float, options):
+  """How a sampler of `domain` on `process` carries a state ``y = x + sigma_s z`` (noise
+  level `sigma_s` in the unit-alpha form of sigma space) down to the data: returns
+  ``(process', options', kwargs, c)`` for ``record.run(den, process', rng, shape,
+  options', x_init=c * y, **kwargs)``. Everything here is concrete (computed outside
+  any trace, so the caller can jit over `y`). The same start serves SDEdit (``y = x_in +
+  sigma_s z``) and denoising (``y`` the noisy input).
 
   - "discrete": the step ``k - 1`` whose ``sigma~`` is nearest (`processes.time_at_sigma`),
-    the schedule `truncated` to k steps, ``x_init = sqrt(ab_{k-1}) y``;
-  - "sigma": a Karras grid (rho 7) from `sigma_s` down (``kwargs["sigmas"]``), ``x_init = y``;
+    the schedule `truncated` to k steps, ``c = sqrt(ab_{k-1})``;
+  - "sigma": a Karras grid (rho 7) from `sigma_s` down (``kwargs["sigmas"]``), ``c = 1``;
   - "continuous" (SDE / ODE samplers): ``t_s`` with ``sigma~(t_s) = sigma_s``,
-    ``x_init = alpha(t_s) y`` and ``kwargs["t_start"] = t_s``.
+    ``c = alpha(t_s)`` and ``kwargs["t_start"] = t_s``.
 
   ``options.num_steps`` (where it has one) shrinks with the part of the run that is
   left (``k / T``; the part of ``[eps, 1]`` or of the log-sigma range), so an edit
@@ -276,30 +277,28 @@ def start_at_level(process, domain: str, y, sigma_s: float, options):
   sigma_s = float(sigma_s)
   if not sigma_s > 0:
     raise ValueError(f"the start noise level sigma={sigma_s} must be > 0")
-  y = jnp.asarray(y, jnp.float32)
   steps = getattr(options, "num_steps", None)
   scale = lambda frac: (options if steps is None else dataclasses.replace(
       options, num_steps=max(1, int(round(steps * min(1.0, max(frac, 0.0)))))))
   if domain == "discrete":
     k = int(processes.time_at_sigma(process, jnp.asarray([sigma_s]))[0]) + 1
-    ab = process.alpha_bars[k - 1]
-    return truncated(process, k), scale(k / process.num_steps), {"x_init": jnp.sqrt(ab) * y}
+    ab = float(process.alpha_bars[k - 1])
+    return truncated(process, k), scale(k / process.num_steps), {}, float(np.sqrt(ab))
   eps = getattr(options, "eps", 1e-3)
   if domain == "sigma":
     lo, hi = (float(v) for v in processes.sigma_limits(process, eps))
     lo = min(lo, 0.5 * sigma_s)
-    frac = np.log(sigma_s / lo) / np.log(max(hi, sigma_s) / lo)
-    o = scale(frac)
+    o = scale(np.log(sigma_s / lo) / np.log(max(hi, sigma_s) / lo))
     n = getattr(o, "num_steps", 18)
-    return process, o, {"x_init": y, "sigmas": grids.karras_sigmas(n, lo, sigma_s, 7.0)}
+    return process, o, {"sigmas": grids.karras_sigmas(n, lo, sigma_s, 7.0)}, 1.0
   if domain != "continuous":
     raise ValueError(f"start_at_level: unknown domain {domain!r}")
   t_s = float(processes.time_at_sigma(process, jnp.asarray([sigma_s]))[0])
   if not eps < t_s <= 1.0:
     raise ValueError(f"the noise level sigma={sigma_s:g} lies outside the process's range at "
                      f"times ({eps}, 1] (t = {t_s:g})")
-  alpha = process.alpha(jnp.asarray([t_s], jnp.float32))[0]
-  return process, scale((t_s - eps) / (1.0 - eps)), {"x_init": alpha * y, "t_start": t_s}
+  alpha = float(process.alpha(jnp.asarray([t_s], jnp.float32))[0])
+  return process, scale((t_s - eps) / (1.0 - eps)), {"t_start": t_s}, alpha
 
 
 # -------------------------------------------------------------- denoising

@@ -21,7 +21,7 @@ from diffusion.run.workdir import Workdir, read_json, write_json
 # Keys that may differ from the workdir's config.json without
 # --config.allow_config_change. A trailing "." is a prefix.
 RESUMABLE_KEYS = ("train.num_steps", "train.log_every", "train.ckpt_every",
-                  "train.sample_every", "train.keep_checkpoints", "sample.", "eval.", "wandb.",
+                  "train.sample_every", "train.keep_checkpoints", "sample.", "eval.", "edit.", "wandb.",
                   "allow_config_change")
 # Keys added to the config after workdirs were written without them, with the
 # value the code before them behaved as: a config.json that lacks such a key
@@ -43,7 +43,8 @@ ADDED_KEYS = {"model.downsample_padding": 1, "model.input_fourier": [], "diffusi
               "latent.checkpoint_step": None, "data.pad": 0, "latent.scale_factor": 0.0}
 # What each mode does anyway with --config.allow_config_change=True. "train"
 # may start a new workdir; the others read a trained one.
-MODES = (("train", "resume"), ("sample", "sample"), ("eval", "evaluate"), ("export", "export"))
+MODES = (("train", "resume"), ("sample", "sample"), ("eval", "evaluate"), ("export", "export"),
+         ("edit", "edit"))
 
 
 def config_changes(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
