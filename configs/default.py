@@ -401,6 +401,7 @@ def get_config(arg=None):
   # "inpaint" | "img2img" (SDEdit) | "invert" (DDIM inversion, then regeneration under
   # edit.labels / edit.prompt) | "denoise" | "anomaly" (per-image scores).
   ed.task = "inpaint"
+  ed.name = ""  # The output folder's name under workdir/edit/ ("": the task's).
   # The images: an image file, a folder of them, or an .npz ("images" or "arr_0";
   # optional "label" [N] and, for anomaly, "anomaly" [N] of 0 / 1). The model's exact
   # size and channels; pixels in [0, 255] (files, uint8) or [-1, 1] (float npz).

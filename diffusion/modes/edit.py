@@ -78,6 +78,8 @@ def check_edit(config) -> None:
   fail = lambda msg: (_ for _ in ()).throw(checks.ConfigError(msg))
   if e.task not in TASKS:
     fail(f"config.edit.task={e.task!r} is not one of {', '.join(TASKS)}")
+  if e.name and (os.sep in e.name or e.name.startswith(".")):
+    fail(f"config.edit.name={e.name!r} must be a plain folder name (no {os.sep!r}, not hidden)")
   if not e.input:
     fail("config.edit.input is empty: give an image file, a folder of images or an .npz")
   for key in ("num", "batch_size", "grid_size", "jump_length", "jump_n_sample", "invert_steps"):
@@ -269,7 +271,7 @@ def edit_mode(config, workdir: str) -> str:
                                                  warn=console.echo)
   ed = _Editor(exp, params, record, options, on)
   key = jax.random.fold_in(exp.sample_key, 0x65646974)  # "edit"
-  out = _out_dir(workdir, e.task)
+  out = _out_dir(workdir, e.name or e.task)
   t0 = time.time()
   size = min(e.batch_size, n)
   summary = {"task": e.task, "input": e.input, "num_images": n, "checkpoint_step": int(step),
