@@ -290,7 +290,7 @@ def edit_mode(config, workdir: str) -> str:
   g = min(e.grid_size, n)
   grid = visualize.image_grid(np.concatenate([r[:g] for r in rows]), g)
   visualize.save_labelled(os.path.join(out, "figure.png"), grid, row_labels=labels,
-                          title=f"{e.task}, {record.name}, EMA params of step {step}")
+                          title=f"{e.task}, {summary['sampler']}, EMA params of step {step}")
   save_npz(os.path.join(out, "results.npz"), **arrays)
   summary["seconds"] = round(time.time() - t0, 1)
   with open(os.path.join(out, "summary.json"), "w") as f:
@@ -298,7 +298,7 @@ def edit_mode(config, workdir: str) -> str:
   extra = "".join(f", {k}={v:.4g}" for k, v in info.items() if isinstance(v, float))
   console.echo(f"edit {e.task}: {n} images -> {out} (figure.png, results.npz, summary.json"
                f"{', scores.csv, histogram.png, roc.png' if e.task == 'anomaly' else ''}; "
-               f"{record.name}, EMA params of step {step}, {summary['seconds']}s{extra})")
+               f"{summary['sampler']}, EMA params of step {step}, {summary['seconds']}s{extra})")
   return out
 
 
@@ -332,6 +332,9 @@ def _inpaint(ed, config, images, extras, masks, normal, size, key, out):
   result = _run_batched(fn, [images, masks], size, "inpaint", key)
   shown = np.where(masks > 0, images, 0.0)  # The known pixels; black where generated.
   info = {"method": e.inpaint_method, "mask": e.mask, "known_fraction": float(masks.mean())}
+  if repaint:  # RePaint runs its own ancestral steps over all T, not config.sample's sampler.
+    info.update(sampler="repaint", options={"jump_length": e.jump_length,
+                                            "jump_n_sample": e.jump_n_sample})
   return ([images, shown, result], ["input", f"known ({e.mask})", e.inpaint_method],
           {"images": images, "masks": masks, "results": result}, info)
 

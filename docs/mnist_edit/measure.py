@@ -138,7 +138,8 @@ def report(out: str) -> None:
   # Inpainting: every run named inpaint_<method> (run.sh).
   with np.load(os.path.join(out, "inpaint.npz")) as z:
     labels = z["label"]
-  for d in sorted(glob.glob(os.path.join(out, "mnist08", "edit", "inpaint_*"))):
+  for d in sorted(glob.glob(os.path.join(out, "mnist08", "edit", "inpaint_*", "summary.json"))):
+    d = os.path.dirname(d)  # Finished runs only.
     r = np.load(os.path.join(d, "results.npz"))
     s = json.load(open(os.path.join(d, "summary.json")))
     n = len(r["results"])
@@ -148,14 +149,16 @@ def report(out: str) -> None:
         "n": n, "accuracy": acc, "se": float(np.sqrt(acc * (1 - acc) / n)),
         "seconds": s["seconds"], "sampler": s["sampler"], "options": s["options"],
         "method": s["method"]}
-    if "masked_input" not in res["inpainting"]:
+    first = int(min(32, n))  # The RePaint runs' images: a paired comparison on them.
+    res["inpainting"][name][f"accuracy_first{first}"] = float(
+        np.mean(predict(r["results"][:first]) == labels[:first]))
+    if n > res["inpainting"].get("masked_input", {}).get("n", 0):
       masked = np.where(r["masks"] > 0, r["images"], -1.0)  # The generated half black.
-      a = float(np.mean(predict(masked) == labels[:n]))
-      res["inpainting"]["masked_input"] = {"n": n, "accuracy": a,
-                                           "se": float(np.sqrt(a * (1 - a) / n))}
-      a = float(np.mean(predict(r["images"]) == labels[:n]))
-      res["inpainting"]["full_input"] = {"n": n, "accuracy": a,
-                                         "se": float(np.sqrt(a * (1 - a) / n))}
+      for key, x in (("masked_input", masked), ("full_input", r["images"])):
+        hit = predict(x) == labels[:n]
+        a = float(np.mean(hit))
+        res["inpainting"][key] = {"n": n, "accuracy": a, "se": float(np.sqrt(a * (1 - a) / n)),
+                                  "accuracy_first32": float(np.mean(hit[:32]))}
   train_x, train_y = _mnist("train")
   train_x = train_x[train_y != 9]
   ae_dir = os.path.join(out, "ae08")
