@@ -23,6 +23,15 @@ def test_images_from_a_file_a_folder_and_an_npz(tmp_path):
   np.testing.assert_array_equal(ei.read_images(tmp_path / "f.npz", (6, 6, 1)), want[:2])
 
 
+def test_noisy_float_inputs_may_leave_the_range_but_not_be_nan(tmp_path):
+  """Noisy images to denoise (unclipped floats) are read as they are; NaN never."""
+  np.savez(tmp_path / "n.npz", images=np.full((1, 6, 6, 1), 2.0, np.float32))
+  np.testing.assert_array_equal(ei.read_images(tmp_path / "n.npz", (6, 6, 1), noisy=True), 2.0)
+  np.savez(tmp_path / "nan.npz", images=np.full((1, 6, 6, 1), np.nan, np.float32))
+  with pytest.raises(ValueError, match="float images must be finite"):
+    ei.read_images(tmp_path / "nan.npz", (6, 6, 1), noisy=True)
+
+
 @pytest.mark.parametrize("make,match", [
     (lambda d: d / "missing.png", r"does not exist: give an image file, a folder"),
     (lambda d: d, r"holds no image files"),
@@ -30,7 +39,7 @@ def test_images_from_a_file_a_folder_and_an_npz(tmp_path):
     (lambda d: (Image.fromarray(np.zeros((5, 6), np.uint8)).save(d / "a.png"), d / "a.png")[1],
      r"a.png is 5x6x1 but the model takes 6x6x1"),
     (lambda d: (np.savez(d / "b.npz", images=np.full((1, 6, 6, 1), 2.0)), d / "b.npz")[1],
-     r"must be finite and lie in \[-1, 1\]"),
+     r"float images must lie in \[-1, 1\]"),
     (lambda d: (open(d / "c.png", "w").write("no image"), d / "c.png")[1], r"cannot be read"),
 ])
 def test_bad_inputs_are_one_line(tmp_path, make, match):

@@ -28,14 +28,17 @@ BUILT_IN = ("half", "box", "strokes")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
 
-def _to_float(pixels: np.ndarray, source: str) -> np.ndarray:
+def _to_float(pixels: np.ndarray, source: str, noisy: bool = False) -> np.ndarray:
   if np.issubdtype(pixels.dtype, np.integer):
     if pixels.min() < 0 or pixels.max() > 255:
       raise ValueError(f"{source}: integer pixels must lie in 0..255")
     return pixels.astype(np.float32) / 255.0 * 2.0 - 1.0
   x = pixels.astype(np.float32)
-  if not np.all(np.isfinite(x)) or x.min() < -1.0 - 1e-6 or x.max() > 1.0 + 1e-6:
-    raise ValueError(f"{source}: float images must be finite and lie in [-1, 1]")
+  if not np.all(np.isfinite(x)):
+    raise ValueError(f"{source}: float images must be finite")
+  if not noisy and (x.min() < -1.0 - 1e-6 or x.max() > 1.0 + 1e-6):
+    raise ValueError(f"{source}: float images must lie in [-1, 1] (noisy images to denoise "
+                     "may leave it)")
   return x
 
 
@@ -50,10 +53,11 @@ def _read_png(path: str, channels: int) -> np.ndarray:
   return a[..., None] if a.ndim == 2 else a
 
 
-def read_images(path, shape) -> np.ndarray:
+def read_images(path, shape, noisy: bool = False) -> np.ndarray:
   """The images at `path` (one image file, a folder of them, or an npz with ``images``
   or ``arr_0``) as float32 ``[N, H, W, C]`` in [-1, 1]; `shape` = the model's ``(H, W,
-  C)``, which every image must have (no silent resizing)."""
+  C)``, which every image must have (no silent resizing). `noisy`: float images may
+  leave [-1, 1] (noisy images to denoise, stored unclipped)."""
   path, shape = os.fspath(path), tuple(int(s) for s in shape)
   if not os.path.exists(path):
     raise ValueError(f"config.edit.input={path!r} does not exist: give an image file, a "
@@ -85,7 +89,7 @@ def read_images(path, shape) -> np.ndarray:
     if tuple(a.shape) != shape:
       raise ValueError(f"config.edit.input: {name} is {'x'.join(map(str, a.shape))} but the model "
                        f"takes {'x'.join(map(str, shape))} images (H x W x C)")
-    out.append(_to_float(np.asarray(a), name))
+    out.append(_to_float(np.asarray(a), name, noisy))
   return np.stack(out)
 
 

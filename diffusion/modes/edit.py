@@ -130,10 +130,10 @@ def check_edit(config) -> None:
          "its schedule (diffusion.gamma='learned')")
 
 
-def _read(path, shape, num):
+def _read(path, shape, num, noisy=False):
   """``(images, extras)``: the images and an npz's ``label`` / ``anomaly`` arrays."""
   try:
-    images = edit_inputs.read_images(path, shape)
+    images = edit_inputs.read_images(path, shape, noisy)
   except ValueError as err:
     raise checks.ConfigError(str(err)) from None
   extras = {}
@@ -249,7 +249,7 @@ def edit_mode(config, workdir: str) -> str:
     resume.check_config(config, workdir, write=False, mode="edit")
     exp = experiment.with_trained_text(exp, workdir)
     shape = tuple(exp.codec.image_shape) if exp.codec is not None else exp.data_shape
-    images, extras = _read(e.input, shape, e.num)
+    images, extras = _read(e.input, shape, e.num, noisy=e.task == "denoise" and not e.add_noise)
     n = len(images)
     masks = None
     if e.task == "inpaint":
