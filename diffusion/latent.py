@@ -70,6 +70,13 @@ def check_autoencoder(config) -> None:
     raise checks.ConfigError(
         f"config.data.image_size={d.image_size} is not divisible by the autoencoder's "
         f"downsampling factor f={f} (2 ** (len(config.model.channel_mult) - 1))")
+  one_split = d.source == "files" and (d.data_dir.lower().endswith(".npz") or (
+      os.path.isdir(d.data_dir) and not any("idx" in n for n in os.listdir(d.data_dir))))
+  if one_split and a.eval_split != "train":
+    raise checks.ConfigError(
+        f"config.autoencoder.eval_split={a.eval_split!r}: config.data.data_dir="
+        f"{d.data_dir!r} has one split, its training images; set it to 'train' to measure "
+        "the reconstruction PSNR on them knowingly")
   if config.latent.autoencoder_workdir:
     raise checks.ConfigError("config.latent.autoencoder_workdir is set on an autoencoder "
                              "config (model.name='autoencoder'): an autoencoder trains on images")

@@ -164,8 +164,8 @@ def report(out: str) -> None:
   ae_dir = os.path.join(out, "ae08")
   for name in ("holdout", "corrupt", "holdout_small"):
     d = os.path.join(out, "mnist08", "edit", f"anomaly_{name}")
-    if not os.path.isdir(d):
-      continue
+    if not os.path.isfile(os.path.join(d, "summary.json")):
+      continue  # Not run (or not finished) yet.
     s = json.load(open(os.path.join(d, "summary.json")))
     r = np.load(os.path.join(d, "results.npz"))
     with np.load(os.path.join(out, f"{name}.npz")) as z:
@@ -194,6 +194,21 @@ def report(out: str) -> None:
     row["auroc_se_at_best"] = float(np.sqrt((a * (1 - a) + (n1 - 1) * (q1 - a * a)
                                              + (n0 - 1) * (q2 - a * a)) / (n1 * n0)))
     res["anomaly"][name] = row
+  # Denoising: PSNR against the clean digits (the estimated-level run does not know them).
+  res["denoise"] = {}
+  with np.load(os.path.join(out, "inpaint.npz")) as z:
+    clean = z["images"].astype(np.float32) / 127.5 - 1
+  psnr = lambda a, b: float(np.mean(10 * np.log10(4 / np.mean(np.square(a - b).reshape(
+      len(a), -1), axis=1))))
+  for name in ("tweedie", "reverse", "estimated"):
+    d = os.path.join(out, "mnist08", "edit", f"denoise_{name}")
+    if not os.path.isfile(os.path.join(d, "summary.json")):
+      continue
+    r = np.load(os.path.join(d, "results.npz"))
+    n = len(r["results"])
+    res["denoise"][name] = {"n": n, "sigma_true": 0.4, "sigma_mean": float(np.mean(r["sigma"])),
+                            "psnr_noisy_db": psnr(r["noisy"], clean[:n]),
+                            "psnr_denoised_db": psnr(r["results"], clean[:n])}
   path = os.path.join(HERE, "results.json")
   with open(path, "w") as f:
     json.dump(res, f, indent=1)

@@ -26,7 +26,8 @@ MODEL=(--config configs/mnist_ddpm_cpu.py:train_steps=2000 --workdir "$DIR/mnist
 $PY -m diffusion.main "${MODEL[@]}"
 $PY -m diffusion.main --config configs/mnist_autoencoder.py:train_steps=1500 --workdir "$DIR/ae08" \
   --config.data.data_dir="$TRAIN" --config.optim.decay_steps=1500 \
-  --config.autoencoder.latent_channels=1 --config.train.ckpt_every=1500 --config.train.sample_every=1500
+  --config.autoencoder.latent_channels=1 --config.autoencoder.eval_split=train \
+  --config.train.ckpt_every=1500 --config.train.sample_every=1500
 EDIT=("${MODEL[@]}" --mode edit --config.sample.method=ddim --config.sample.num_steps=50)
 edit() { $PY -m diffusion.main "${EDIT[@]}" "$@"; }
 # Inpainting the bottom half of test digits 0-8.
