@@ -307,10 +307,8 @@ def edit_mode(config, workdir: str) -> str:
 
 def _inpaint(ed, config, images, extras, masks, normal, size, key, out):
   e = config.edit
-  inputs_all = _conditions(ed.exp, e.labels, e.prompt, size, "config.edit.labels",
-                           None) if (e.labels or e.prompt) else None
-  if inputs_all is None and experiment.class_conditional(config):
-    inputs_all = _conditions(ed.exp, "", "", size, "config.edit.labels")
+  # Conditional models: the labels / prompts asked for, else the null condition.
+  inputs_all = _conditions(ed.exp, e.labels, e.prompt, size, "config.edit.labels")
   lat_shape = ed.exp.data_shape
   repaint = e.inpaint_method == "repaint"
 
