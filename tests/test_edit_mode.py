@@ -154,6 +154,9 @@ def test_bad_inputs_fail_in_one_line(trained, tmp_path):
   np.savez(tmp_path / "rgb.npz", images=np.zeros((2, 8, 8, 3), np.uint8))
   refused("rgb.npz", task="inpaint", input=str(tmp_path / "rgb.npz"))
   refused("recon_sigmas", task="anomaly", recon_sigmas=(0.1, -1.0), input=trained["input"])
+  # The command line's "--config.edit.scores=bpd,foo" arrives as ("bpd,foo",): split.
+  refused(r"scores=\('bpd', 'foo'\)", task="anomaly", scores=("bpd,foo",),
+          input=trained["input"])
   assert not os.path.exists(os.path.join(trained["wd"], "edit", "img2img-2"))
   # And on the command line: exit code 2 and the one line "error: ...".
   env = dict(os.environ, PYTHONPATH=str(ROOT))

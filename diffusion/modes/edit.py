@@ -114,6 +114,8 @@ def check_edit(config) -> None:
       fail("config.edit.task='denoise' removes pixel noise, which a latent model never saw "
            "(its noise is in latent space); denoise with a pixel-space model")
   if e.task == "anomaly":
+    # "a,b" on the command line arrives as one string: split it.
+    e.scores = tuple(p.strip() for s in e.scores for p in str(s).split(",") if p.strip())
     bad = [s for s in e.scores if s not in SCORES]
     if bad or not e.scores:
       fail(f"config.edit.scores={tuple(e.scores)!r}: each must be one of {', '.join(SCORES)}")
