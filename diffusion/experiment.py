@@ -226,15 +226,21 @@ def runnable(process) -> tuple[str, ...]:
   return tuple(n for n, r in registry.SAMPLERS.items() if ok(r))
 
 
-def runs_in_sigma_space(record, process) -> bool:
-  """Whether `record` runs a model of `process` in sigma space (its first domain that can)."""
+def sampler_domain(record, process) -> str | None:
+  """The domain (`processes.DOMAINS`) `record` runs a model of `process` on: its first
+  that can; None if none can."""
   for domain in record.domains:
     try:
       processes.on_domain(process, domain)
-      return domain == "sigma"
+      return domain
     except ValueError:
       continue
-  return False
+  return None
+
+
+def runs_in_sigma_space(record, process) -> bool:
+  """Whether `record` runs a model of `process` in sigma space (its first domain that can)."""
+  return sampler_domain(record, process) == "sigma"
 
 
 def check_sample_options(section, prefix: str = "config.sample") -> None:

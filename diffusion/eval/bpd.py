@@ -14,6 +14,21 @@ from diffusion.dist import placement
 from diffusion.eval.rounds import batch_size
 
 
+def denoiser_bpd(exp, den, x, key, levels: int):
+  """Bits/dim ``[B]`` of images `x` under the experiment's denoiser `den` (traceable): a
+  discrete model's DDPM bound, a VDM model's ELBO, else the probability-flow ODE's
+  (rk45, Hutchinson divergence); the data has `levels` levels. `bits_per_dim` and
+  ``--mode edit``'s anomaly score both use it."""
+  if processes.is_discrete(exp.process):
+    return likelihood.ddpm_vlb(den.eps_fn(), exp.process, x, key, num_bins=levels)["total"]
+  if exp.config.diffusion.type == "vdm":
+    eps_fn = lambda z, g: den.net(z, g, den.cond)
+    return vdm.elbo(x, eps_fn, den.process.gamma_schedule, key, num_bins=levels,
+                    num_steps=exp.config.diffusion.elbo_steps)["total"]
+  return likelihood.bits_per_dim(den.score_fn(), exp.process, x, key, num_bins=levels,
+                                 method="rk45", divergence="hutchinson")
+
+
 def bits_per_dim(exp, params, rng, mesh=None) -> dict:
   """Mean bits/dim of ``eval.bpd_num`` images of ``eval.bpd_split``.
 
@@ -44,14 +59,7 @@ def bits_per_dim(exp, params, rng, mesh=None) -> dict:
   @jax.jit
   def batch_bpd(params, x, batch, key):  # params an argument: not baked into the program.
     den = exp.denoiser(params, exp.condition(params, exp.batch_inputs(batch)))
-    if discrete:
-      return likelihood.ddpm_vlb(den.eps_fn(), exp.process, x, key, num_bins=levels)["total"]
-    if is_vdm:
-      eps_fn = lambda z, g: den.net(z, g, den.cond)
-      return vdm.elbo(x, eps_fn, den.process.gamma_schedule, key, num_bins=levels,
-                      num_steps=config.diffusion.elbo_steps)["total"]
-    return likelihood.bits_per_dim(den.score_fn(), exp.process, x, key, num_bins=levels,
-                                   method="rk45", divergence="hutchinson")
+    return denoiser_bpd(exp, den, x, key, levels)
 
   values, done, c = [], 0, 0
   bar = console.progress(None, "bits/dim", unit="batch", total=-(-e.bpd_num // it.batch_size))

@@ -45,11 +45,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion import experiment
-from diffusion.core import checks, edit, likelihood, processes, samplers
+from diffusion import experiment, latent
+from diffusion.core import checks, edit, samplers
 from diffusion.data import edit_inputs
 from diffusion.dist import placement
 from diffusion.eval import anomaly
+from diffusion.eval.bpd import denoiser_bpd
 from diffusion.modes.sample import refuse_autoencoder
 from diffusion.run import checkpoint, console, resume
 from diffusion.run.workdir import Workdir, save_npz
@@ -61,21 +62,12 @@ INPAINT_METHODS = ("replace", "repaint")
 DENOISE_METHODS = ("tweedie", "reverse")
 
 
-def sampler_domain(record, process) -> str:
-  """The domain (`processes.DOMAINS`) `record` runs a model of `process` on."""
-  for domain in record.domains:
-    try:
-      processes.on_domain(process, domain)
-      return domain
-    except ValueError:
-      continue
-  raise ValueError(f"sampler {record.name!r} cannot run on this model")
-
-
 def check_edit(config) -> None:
   """ConfigError (one line naming the key and what is allowed) for a bad ``config.edit``."""
   e, d = config.edit, config.diffusion
-  fail = lambda msg: (_ for _ in ()).throw(checks.ConfigError(msg))
+
+  def fail(msg):
+    raise checks.ConfigError(msg)
   if e.task not in TASKS:
     fail(f"config.edit.task={e.task!r} is not one of {', '.join(TASKS)}")
   if e.name and (os.sep in e.name or e.name.startswith(".")):
@@ -190,9 +182,7 @@ def _out_dir(workdir, task: str) -> str:
 
 
 def _psnr(a, b) -> np.ndarray:
-  """Per-image PSNR (dB) of [-1, 1] images (peak-to-peak 2)."""
-  mse = np.mean(np.square(np.asarray(a, np.float64) - b).reshape(len(a), -1), axis=1)
-  return 10 * np.log10(4.0 / np.maximum(mse, 1e-12))
+  return np.asarray(latent.psnr(jnp.asarray(a), jnp.asarray(b)), np.float64)
 
 
 class _Editor:
@@ -202,7 +192,7 @@ class _Editor:
     self.exp, self.params, self.record, self.options, self.on = exp, params, record, options, on
     self.codec = exp.codec
     self.learned = experiment.learned_schedule(exp.config)
-    self.domain = sampler_domain(record, exp.process)
+    self.domain = experiment.sampler_domain(record, exp.process)
 
   def den(self, params, inputs, guided=True):
     exp = self.exp
@@ -222,16 +212,13 @@ class _Editor:
     return z if self.codec is None else self.codec.decode(z)
 
 
-def _batches(n: int, size: int):
-  return [(lo, min(lo + size, n)) for lo in range(0, n, size)]
-
-
 def _run_batched(fn, arrays, size: int, desc: str, key):
   """``fn(params-free arrays..., key)`` over batches of ``size`` (the last one padded and
   cut: one compile), with a progress bar; returns the outputs concatenated."""
   n = len(arrays[0])
   outs = []
-  for i, (lo, hi) in enumerate(console.progress(_batches(n, size), desc, unit="batch")):
+  spans = [(lo, min(lo + size, n)) for lo in range(0, n, size)]
+  for i, (lo, hi) in enumerate(console.progress(spans, desc, unit="batch")):
     pad = size - (hi - lo)
     chunk = [np.concatenate([a[lo:hi], np.repeat(a[hi - 1:hi], pad, 0)]) if pad else a[lo:hi]
              for a in arrays]
@@ -387,30 +374,27 @@ def _invert(ed, config, images, extras, masks, normal, size, key, out):
   steps = min(steps, ed.exp.process.num_steps)
   target = _conditions(ed.exp, e.labels, e.prompt, size, "config.edit.labels")
   n = len(images)
+  # The source condition: edit.source_labels, else the npz's labels, else the null one.
   src_labels = extras.get("label")
+  by_row = src_labels is not None and not e.source_labels
   sched = ed.exp.process
 
-  def make(src_rows):
-    @jax.jit
-    def fn(x, lab, k):
-      del k
-      xk = ed.to_model(x)
-      fallback = lab if src_rows is not None else None
-      source = _conditions(ed.exp, e.source_labels, e.source_prompt, size,
-                           "config.edit.source_labels", fallback)
-      den_src = ed.den(ed.params, source, guided=False)
-      x_t = samplers.ddim_invert(den_src.eps_fn(), sched, xk, num_steps=steps)
-      rec = samplers.ddim(den_src.eps_fn(), sched, jax.random.PRNGKey(0), xk.shape,
-                          num_steps=steps, eta=0.0, x_init=x_t)
-      den_tgt = ed.den(ed.params, target)
-      new = samplers.ddim(den_tgt.eps_fn(), sched, jax.random.PRNGKey(0), xk.shape,
-                          num_steps=steps, eta=0.0, x_init=x_t)
-      return {"noise": x_t, "reconstruction": jnp.clip(ed.to_image(rec), -1, 1),
-              "results": jnp.clip(ed.to_image(new), -1, 1)}
-    return fn
+  @jax.jit
+  def fn(x, lab, k):
+    del k
+    xk = ed.to_model(x)
+    source = _conditions(ed.exp, e.source_labels, e.source_prompt, size,
+                         "config.edit.source_labels", lab if by_row else None)
+    den_src = ed.den(ed.params, source, guided=False)
+    x_t = samplers.ddim_invert(den_src.eps_fn(), sched, xk, num_steps=steps)
+    regenerate = lambda den: samplers.ddim(den.eps_fn(), sched, jax.random.PRNGKey(0), xk.shape,
+                                           num_steps=steps, eta=0.0, x_init=x_t)
+    return {"noise": x_t,
+            "reconstruction": jnp.clip(ed.to_image(regenerate(den_src)), -1, 1),
+            "results": jnp.clip(ed.to_image(regenerate(ed.den(ed.params, target))), -1, 1)}
 
-  lab = src_labels if src_labels is not None else np.zeros(n, np.int64)
-  res = _run_batched(make(src_labels), [images, lab], size, "invert", key)
+  lab = src_labels if by_row else np.zeros(n, np.int64)
+  res = _run_batched(fn, [images, lab], size, "invert", key)
   noise = res["noise"]
   shown_noise = (np.clip(noise / 3.0, -1, 1) if ed.codec is None else images)
   rec_psnr = float(np.mean(_psnr(res["reconstruction"], images)))
@@ -434,28 +418,22 @@ def _denoise(ed, config, images, extras, masks, normal, size, key, out):
   if not np.all(sig > 0):
     raise ValueError("config.edit.sigma=0: the estimated noise level of some input is 0 (a "
                      "noise-free image); give config.edit.sigma")
-  reverse = e.denoise_method == "reverse"
-
-  if reverse:
-    def make(level):
-      proc, o, kw, c = edit.start_at_level(ed.on, ed.domain, level, ed.options)
-
-      @jax.jit
-      def fn(y, k):
-        den = ed.den(ed.params, _conditions(ed.exp, e.labels, e.prompt, size,
-                                            "config.edit.labels"))
-        return jnp.clip(ed.record.run(den, proc, k, y.shape, o, x_init=c * y, **kw), -1, 1)
-      return fn
+  inputs = _conditions(ed.exp, e.labels, e.prompt, size, "config.edit.labels")
+  if e.denoise_method == "reverse":
     # One start level for all: the median noise level (exact when edit.sigma is given).
     level = float(np.median(sig))
-    result = _run_batched(make(level), [noisy], size, "denoise (reverse)", key)
+    proc, o, kw, c = edit.start_at_level(ed.on, ed.domain, level, ed.options)
+
+    @jax.jit
+    def fn(y, k):
+      z = ed.record.run(ed.den(ed.params, inputs), proc, k, y.shape, o, x_init=c * y, **kw)
+      return jnp.clip(z, -1, 1)
+    result = _run_batched(fn, [noisy], size, "denoise (reverse)", key)
   else:
     @jax.jit
     def fn(y, s, k):
       del k
-      den = ed.den(ed.params, _conditions(ed.exp, e.labels, e.prompt, size,
-                                          "config.edit.labels"))
-      return jnp.clip(edit.tweedie(den, y, s), -1, 1)
+      return jnp.clip(edit.tweedie(ed.den(ed.params, inputs), y, s), -1, 1)
     result = _run_batched(fn, [noisy, sig], size, "denoise (tweedie)", key)
   info = {"method": e.denoise_method, "sigma_mean": float(np.mean(sig)),
           "sigma_estimated": e.sigma == 0}
@@ -474,11 +452,8 @@ def _denoise(ed, config, images, extras, masks, normal, size, key, out):
 
 def _anomaly(ed, config, images, extras, masks, normal, size, key, out):
   e = config.edit
-  levels = 17 if config.data.source == "digits" else 256
-  discrete = processes.is_discrete(ed.exp.process)
-  inputs = (_conditions(ed.exp, e.labels, e.prompt, size, "config.edit.labels")
-            if (experiment.class_conditional(config) or experiment.text_conditional(config))
-            else None)
+  levels = 17 if config.data.source == "digits" else 256  # `data.sources`: 0..16, uint8.
+  inputs = _conditions(ed.exp, e.labels, e.prompt, size, "config.edit.labels")
 
   @jax.jit
   def fn(x, k):
@@ -490,13 +465,7 @@ def _anomaly(ed, config, images, extras, masks, normal, size, key, out):
     if "score_norm" in e.scores:
       s["score_norm"] = edit.score_norm(den, xk, e.score_sigma)
     if "bpd" in e.scores:
-      if discrete:
-        s["bpd"] = likelihood.ddpm_vlb(den.eps_fn(), ed.exp.process, xk, k,
-                                       num_bins=levels)["total"]
-      else:
-        s["bpd"] = likelihood.bits_per_dim(den.score_fn(), ed.exp.process, xk, k,
-                                           num_bins=levels, method="rk45",
-                                           divergence="hutchinson")
+      s["bpd"] = denoiser_bpd(ed.exp, den, xk, k, levels)
     return s
 
   scores = _run_batched(fn, [images], size, "anomaly scores", key)
@@ -532,12 +501,11 @@ def _anomaly(ed, config, images, extras, masks, normal, size, key, out):
   _score_plots(out, scores, names, labels, thresholds)
   first = scores[names[0]]
   order = np.argsort(first)
-  g = min(e.grid_size, len(images))
   return ([images[order[::-1]], images[order]],
           [f"highest {names[0]}", f"lowest {names[0]}"],
           {"images": images, **{f"score_{s}": scores[s] for s in names},
            **({"anomaly": labels} if labels is not None else {})},
-          {**info, "grid": g})
+          info)
 
 
 def _score_plots(out, scores, names, labels, thresholds):
