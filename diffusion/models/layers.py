@@ -56,21 +56,112 @@ def group_norm(channels: int, dtype: Dtype, name: Optional[str] = None) -> nn.Gr
 DOWNSAMPLE_PADDINGS = {0: (0, 1), 1: (1, 1)}
 
 
+def channel_sum(g: Array) -> Array:
+  """``g`` summed over every axis but the last (``[..., C] -> [C]``, float32).
+
+  As two row sums, over ``[rows, W * C]`` then ``[W, C]``: XLA:CPU sums a ``[N, C]``
+  array over N with a small C 15-30x slower than it sums wide rows (10.5 vs 0.37 ms
+  for a 64x28x28x64 gradient, `benchmarks/README.md`).
+  """
+  g = g.astype(jnp.float32)
+  if g.ndim < 3:
+    return g.reshape(-1, g.shape[-1]).sum(0)
+  w, c = g.shape[-2], g.shape[-1]
+  return g.reshape(-1, w * c).sum(0).reshape(w, c).sum(0)
+
+
+@jax.custom_vjp
+def add_bias(y: Array, bias: Array) -> Array:
+  """``y + bias`` (``bias`` ``[C]`` on the last axis) whose bias gradient is `channel_sum`."""
+  return y + bias.astype(y.dtype)
+
+
+def _add_bias_fwd(y, bias):
+  return add_bias(y, bias), bias
+
+
+def _add_bias_bwd(bias, g):
+  return g, channel_sum(g).astype(bias.dtype)
+
+
+add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
+class Conv(nn.Module):
+  """A 2-D NHWC conv with flax `nn.Conv`'s parameters (``kernel`` ``[kh, kw, in, out]``,
+  ``bias`` ``[out]``: checkpoints are those of `nn.Conv`) and the same numbers; its
+  bias is added by `add_bias`. `padding`: ``((top, bottom), (left, right))``."""
+  features: int
+  kernel_size: tuple[int, int] = (3, 3)
+  strides: tuple[int, int] = (1, 1)
+  padding: tuple[tuple[int, int], tuple[int, int]] = ((1, 1), (1, 1))
+  kernel_init: Any = default_init()
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param("kernel", self.kernel_init,
+                        tuple(self.kernel_size) + (x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    y = jax.lax.conv_general_dilated(
+        x.astype(self.dtype), kernel.astype(self.dtype), tuple(self.strides),
+        tuple(tuple(p) for p in self.padding), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return add_bias(y, bias)
+
+
+class Dense(nn.Module):
+  """flax `nn.Dense` (the same ``kernel`` ``[in, out]`` and ``bias``) on the last axis,
+  its bias added by `add_bias`."""
+  features: int
+  kernel_init: Any = default_init()
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    kernel = self.param("kernel", self.kernel_init, (x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+    y = jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                            (((x.ndim - 1,), (0,)), ((), ())))
+    return add_bias(y, bias)
+
+
 def conv3x3(features: int, dtype: Dtype, *, stride: int = 1, init_scale: float = 1.0,
-            pad: tuple[int, int] = (1, 1), name: Optional[str] = None) -> nn.Conv:
+            pad: tuple[int, int] = (1, 1), name: Optional[str] = None) -> Conv:
   """3x3 conv, padded `pad` = (before, after) on H and W (the default (1, 1) keeps
   H at stride 1; either padding maps an even H to H / 2 at stride 2)."""
-  return nn.Conv(features, (3, 3), strides=(stride, stride), padding=(pad, pad),
-                 kernel_init=default_init(init_scale), bias_init=nn.initializers.zeros,
-                 dtype=dtype, param_dtype=jnp.float32, name=name)
+  return Conv(features, (3, 3), strides=(stride, stride), padding=(pad, pad),
+              kernel_init=default_init(init_scale), dtype=dtype, name=name)
 
 
 def dense(features: int, dtype: Dtype, *, init_scale: float = 1.0,
-          name: Optional[str] = None) -> nn.Dense:
+          name: Optional[str] = None) -> Dense:
   """Dense on the last axis (= a 1x1 "nin" conv on feature maps)."""
-  return nn.Dense(features, kernel_init=default_init(init_scale),
-                  bias_init=nn.initializers.zeros, dtype=dtype,
-                  param_dtype=jnp.float32, name=name)
+  return Dense(features, kernel_init=default_init(init_scale), dtype=dtype, name=name)
+
+
+class SplitDense(nn.Module):
+  """A Dense of ``parts * features`` outputs (flax `nn.Dense`'s ``kernel`` ``[C, parts *
+  features]`` and ``bias``, so checkpoints are those of that Dense) returned as `parts`
+  arrays of `features`: ``x @ kernel[:, i * F:(i + 1) * F] + bias[...]``.
+
+  The same numbers as slicing the Dense's output; but the gradient of a slice of the
+  big activation is a zero-padded full-size array per part, summed and transposed for
+  the weight gradient (on XLA:CPU ~25 ms per 16x16x256 attention block of batch 8),
+  while the gradient of a slice of the small kernel costs nothing.
+  """
+  features: int
+  parts: int = 3
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> tuple[Array, ...]:
+    width = self.parts * self.features
+    kernel = self.param("kernel", default_init(), (x.shape[-1], width), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (width,), jnp.float32)
+    x = x.astype(self.dtype)
+    f = self.features
+    return tuple(add_bias(jnp.dot(x, kernel[:, i * f:(i + 1) * f].astype(self.dtype)),
+                          bias[i * f:(i + 1) * f]) for i in range(self.parts))
 
 
 def downsample_2x(x: Array) -> Array:
@@ -208,9 +299,8 @@ class AttentionBlock(nn.Module):
           f"AttentionBlock: num_heads={self.num_heads} must divide channels={c}")
     head_dim = c // self.num_heads
     h = group_norm(c, self.dtype, name="norm")(x)
-    qkv = dense(3 * c, self.dtype, name="qkv")(h)
-    qkv = qkv.reshape(b, hgt * wid, 3, self.num_heads, head_dim)
-    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # [B, L, heads, head_dim]
+    q, k, v = (a.reshape(b, hgt * wid, self.num_heads, head_dim)  # [B, L, heads, head_dim]
+               for a in SplitDense(c, 3, self.dtype, name="qkv")(h))
     # JAX's attention (logits and softmax in float32, scale 1 / sqrt(head_dim)):
     # on GPU with half-precision inputs it may run cuDNN's fused kernel.
     h = jax.nn.dot_product_attention(q, k, v).reshape(b, hgt, wid, c)
@@ -265,8 +355,8 @@ class TransformerBlock(nn.Module):
     h = dense(c, dt, name="proj_in")(h)
     for i in range(self.depth):
       y = nn.LayerNorm(dtype=dt, name=f"ln_self{i}")(h)
-      qkv = dense(3 * c, dt, name=f"self_qkv{i}")(y).reshape(b, hgt * wid, 3, heads, head_dim)
-      y = jax.nn.dot_product_attention(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2])
+      q, k, v = (split(a) for a in SplitDense(c, 3, dt, name=f"self_qkv{i}")(y))
+      y = jax.nn.dot_product_attention(q, k, v)
       h = h + dense(c, dt, name=f"self_out{i}")(y.reshape(b, hgt * wid, c))
       y = nn.LayerNorm(dtype=dt, name=f"ln_cross{i}")(h)
       q = split(dense(c, dt, name=f"cross_q{i}")(y))

@@ -111,7 +111,9 @@ def make_train_step(loss_fn: Callable, tx: optax.GradientTransformation,
       return loss.astype(jnp.float32), aux
 
     (loss, aux), grads = jax.value_and_grad(float32_loss, has_aux=True)(state.params)
-    if axis_name is not None:
+    # On one device the mean is the identity, but XLA:CPU still runs the all-reduce as a
+    # copy of every gradient (~20 ms per step for the 35.7M-parameter UNet).
+    if axis_name is not None and lax.axis_size(axis_name) > 1:
       grads, loss, aux = lax.pmean((grads, loss, aux), axis_name)
     grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
