@@ -197,3 +197,33 @@ def test_command_line_errors_are_one_line(tmp_path, capsys):
   err = capsys.readouterr().err.strip()
   assert code == 2 and err.count("\n") == 0 and "no such folder" in err
   assert not (tmp_path / "w").exists()
+
+
+def test_the_twin_benchmark_builds_a_diffusers_twin_of_a_config():
+  """`benchmarks/twin.py`'s diffusers net of `configs/mnist_ddpm_cpu.py` (its 8- and
+  16-group GroupNorms set per module) has this UNet's parameter count and, with its
+  weights ported, this UNet's outputs (bound REL_TOL of the RMS, as above)."""
+  import pathlib  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+  import twin  # pylint: disable=g-import-not-at-top
+  config = twin.load_config("mnist", 2, "float32")
+  torch.manual_seed(0)
+  net = UNet2DModel(**twin.unet2d_kwargs(config)).eval()
+  twin.match_groups(net)
+  with torch.no_grad():
+    for p in net.parameters():
+      if p.ndim == 1:
+        p.add_(0.1 * torch.randn_like(p))
+  exp = experiment.build(config)
+  target = jax.eval_shape(exp.create_state, jax.random.PRNGKey(0)).params
+  weights = {k: v.numpy() for k, v in net.state_dict().items()}
+  params = port.convert(weights, target, len(config.model.channel_mult))
+  assert unet_lib.param_count(params) == sum(p.numel() for p in net.parameters()) == 1_112_801
+  x = np.random.default_rng(1).standard_normal((2, 28, 28, 1)).astype(np.float32)
+  t = np.array([3, 900])
+  with torch.no_grad():
+    ref = net(torch.from_numpy(x.transpose(0, 3, 1, 2)),
+              torch.from_numpy(t)).sample.numpy().transpose(0, 2, 3, 1)
+  ours = np.asarray(exp.apply(params, jnp.asarray(x), jnp.asarray(t)))
+  assert np.max(np.abs(ours - ref)) < REL_TOL * float(np.sqrt(np.mean(ref ** 2)))
