@@ -6,7 +6,6 @@ second conv of a `ResBlock`, the output projection of an `AttentionBlock`) are
 zero-initialised, as in DDPM and ADM, so every block starts as (a projection
 of) its skip path.
 """
-import functools
 import math
 from typing import Any, Optional
 
@@ -40,124 +39,14 @@ def norm_groups(channels: int) -> int:
   return max(1, min(MAX_GROUPS, channels // MIN_GROUP_SIZE))
 
 
-def _spatial_sum(x: Array) -> Array:
-  """``[B, ..., C] -> [B, C]``: each example's sum over the spatial axes, as a batched
-  product with ones. XLA:CPU runs ``jnp.sum(x, (1, 2))`` of a feature map 4-8x slower
-  (e.g. 2.2 vs 0.27 ms for 8x32x32x256), and it never merges a product into a later
-  sum over the batch (which would become a slow sum over B, H, W)."""
-  b, c = x.shape[0], x.shape[-1]
-  n = x.size // (b * c)
-  return jnp.einsum("bn,bnc->bc", jnp.ones((b, n), x.dtype), x.reshape(b, n, c))
-
-
-def _spread(v: Array, channels: int) -> Array:
-  """``[B, G]`` per-group values -> ``[B, C]``, each group's value on its C / G channels."""
-  return jnp.repeat(v, channels // v.shape[1], axis=1)
-
-
-def _group_moments(x: Array, groups: int):
-  """``(mean, mean of squares, n)`` of each example's groups, ``[B, G]`` in float32, from
-  one pass over `x` (``[B, ..., C]``): per-channel sums over the spatial axes first."""
-  b, c = x.shape[0], x.shape[-1]
-  xf = x.astype(jnp.float32)
-  n = xf.size // (b * groups)
-  s1 = _spatial_sum(xf).reshape(b, groups, c // groups).sum(-1)
-  s2 = _spatial_sum(xf * xf).reshape(b, groups, c // groups).sum(-1)
-  return s1 / n, s2 / n, n
-
-
-def _channels_last(v: Array, ndim: int) -> Array:
-  """``[B, C]`` -> ``[B, 1, ..., 1, C]`` for an ``ndim``-D feature map."""
-  return v.reshape((v.shape[0],) + (1,) * (ndim - 2) + (v.shape[1],))
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
-def _group_norm(x, scale, bias, groups, epsilon):
-  return _group_norm_fwd(x, scale, bias, groups, epsilon)[0]
-
-
-def _group_norm_fwd(x, scale, bias, groups, epsilon):
-  c = x.shape[-1]
-  mean, mean_sq, _ = _group_moments(x, groups)
-  rstd = jax.lax.rsqrt(jnp.maximum(mean_sq - mean * mean, 0.0) + epsilon)  # [B, G]
-  a = _spread(rstd, c) * scale.astype(jnp.float32)  # y = x * a + b, per (example, channel)
-  b = bias.astype(jnp.float32) - _spread(mean, c) * a
-  y = x.astype(jnp.float32) * _channels_last(a, x.ndim) + _channels_last(b, x.ndim)
-  return y, (x, scale, mean, rstd)
-
-
-def _group_norm_bwd(groups, epsilon, res, g):
-  del epsilon  # In rstd.
-  x, scale, mean, rstd = res
-  bsz, c = x.shape[0], x.shape[-1]
-  xf, gf = x.astype(jnp.float32), g.astype(jnp.float32)
-  n = xf.size // (bsz * groups)
-  # One pass over (g, x): per-channel sums of g and g * x; the rest is on [B, C].
-  sum_g, sum_gx = _spatial_sum(gf), _spatial_sum(gf * xf)
-  mean_c, rstd_c = _spread(mean, c), _spread(rstd, c)
-  sum_g_xhat = (sum_gx - mean_c * sum_g) * rstd_c  # sum of g * xhat per (example, channel)
-  s = scale.astype(jnp.float32)
-  by_group = lambda v: v.reshape(bsz, groups, c // groups).sum(-1)
-  total_gs, total_gs_xhat = by_group(s * sum_g), by_group(s * sum_g_xhat)  # [B, G]
-  # dx = rstd * (s g - mean_G(s g) - xhat mean_G(s g xhat)) = g * k2 + x * k1 + k0.
-  k1 = _spread(-rstd * rstd * total_gs_xhat / n, c)
-  k0 = _spread(-rstd * total_gs / n, c) - mean_c * k1
-  k2 = rstd_c * s
-  dx = (gf * _channels_last(k2, x.ndim) + xf * _channels_last(k1, x.ndim)
-        + _channels_last(k0, x.ndim))
-  # The sums over the batch as products with ones, so that XLA cannot merge them with
-  # the spatial sums into the slow sum over (B, H, W) that `channel_sum` avoids.
-  ones = jnp.ones((bsz,), jnp.float32)
-  return dx.astype(x.dtype), (ones @ sum_g_xhat).astype(scale.dtype), (ones @ sum_g).astype(
-      scale.dtype)
-
-
-_group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
-
-
-def group_norm_apply(x: Array, scale: Array, bias: Array, groups: int,
-                     epsilon: float = 1e-6) -> Array:
-  """GroupNorm of channels-last `x` (``[B, ..., C]``; float32 result): each example's
-  `groups` channel groups normalised over the spatial axes and the group's channels,
-  then ``* scale + bias`` (``[C]``).
-
-  Statistics in float32 from one pass (variance as E[x^2] - E[x]^2, as flax's
-  default ``use_fast_variance``), the output as ``x * a + b`` with per-(example,
-  channel) ``a, b``, and a hand-written backward pass: the per-example channel sums
-  of g and g * x, then one elementwise pass for dx; the scale and bias gradients
-  come from those sums. Autodiff of flax's `nn.GroupNorm` sums the scale and bias
-  gradients over (B, H, W), which XLA:CPU runs 15-30x slower than this
-  (`benchmarks/README.md`, "What was tried": the CIFAR-10 train step 1946 -> 1622 ms).
-  """
-  return _group_norm(x, scale, bias, groups, float(epsilon))
-
-
-class GroupNorm(nn.Module):
-  """`group_norm_apply` as a flax module with flax `nn.GroupNorm`'s parameters
-  (``scale`` ones, ``bias`` zeros, ``[C]``), so checkpoints of either load in the other."""
-  num_groups: int
-  epsilon: float = 1e-6
-  dtype: Dtype = jnp.float32
-  param_dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: Array) -> Array:
-    c = x.shape[-1]
-    if c % self.num_groups:
-      raise ValueError(f"GroupNorm: {c} channels are not divisible by {self.num_groups} groups")
-    scale = self.param("scale", nn.initializers.ones, (c,), self.param_dtype)
-    bias = self.param("bias", nn.initializers.zeros, (c,), self.param_dtype)
-    return group_norm_apply(x, scale, bias, self.num_groups, self.epsilon).astype(self.dtype)
-
-
-def group_norm(channels: int, dtype: Dtype, name: Optional[str] = None) -> GroupNorm:
+def group_norm(channels: int, dtype: Dtype, name: Optional[str] = None) -> nn.GroupNorm:
   """GroupNorm with `norm_groups(channels)` groups (statistics in float32)."""
   groups = norm_groups(channels)
   if channels % groups:
     raise ValueError(f"GroupNorm needs channels divisible by its min(32, channels // 4)="
                      f"{groups} groups, got {channels}")
-  return GroupNorm(num_groups=groups, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32,
-                   name=name)
+  return nn.GroupNorm(num_groups=groups, epsilon=1e-6, dtype=dtype,
+                      param_dtype=jnp.float32, name=name)
 
 
 # Padding of a stride-2 3x3 conv per `Downsample.padding` (0 or 1), as (before, after):
@@ -181,21 +70,34 @@ def channel_sum(g: Array) -> Array:
   return g.reshape(-1, w * c).sum(0).reshape(w, c).sum(0)
 
 
-@jax.custom_vjp
+@jax.custom_jvp
 def add_bias(y: Array, bias: Array) -> Array:
-  """``y + bias`` (``bias`` ``[C]`` on the last axis) whose bias gradient is `channel_sum`."""
+  """``y + bias`` (``bias`` ``[C]`` on the last axis) whose bias gradient is `channel_sum`.
+
+  A custom JVP (forward mode works: `core.likelihood` linearises the network) whose
+  bias tangent is spread by a product with ones and a broadcast over wide rows, so
+  that its transpose, the reverse-mode bias gradient, is the two-stage sum of
+  `channel_sum` rather than XLA's slow sum over (B, H, W).
+  """
   return y + bias.astype(y.dtype)
 
 
-def _add_bias_fwd(y, bias):
-  return add_bias(y, bias), bias
+def _spread_bias(bias: Array, shape) -> Array:
+  """``bias`` ``[C]`` broadcast to ``shape`` ``[..., W, C]`` via ``ones[W, 1] @ bias[1, C]``
+  and a broadcast of that ``W * C`` row (transpose: a wide-row sum, then a product)."""
+  if len(shape) < 3:
+    return jnp.broadcast_to(bias, shape)
+  w, c = shape[-2], shape[-1]
+  row = (jnp.ones((w, 1), bias.dtype) @ bias[None, :]).reshape(1, w * c)
+  return jnp.broadcast_to(row, (math.prod(shape[:-2]), w * c)).reshape(shape)
 
 
-def _add_bias_bwd(bias, g):
-  return g, channel_sum(g).astype(bias.dtype)
-
-
-add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+@add_bias.defjvp
+def _add_bias_jvp(primals, tangents):
+  y, bias = primals
+  dy, dbias = tangents
+  out = add_bias(y, bias)
+  return out, dy + _spread_bias(dbias, y.shape).astype(y.dtype)
 
 
 class Conv(nn.Module):
