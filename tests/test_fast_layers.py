@@ -1,6 +1,6 @@
 """The layers written for speed compute what flax's layers compute.
 
-`layers.Conv`, `layers.Dense` (their bias gradient by `layers.channel_sum`) and
+`layers.Conv`, `layers.Dense` (their bias added by `layers.add_bias`) and
 `layers.SplitDense` against flax's `nn.Conv` / `nn.Dense` (and slicing the
 output of `nn.Dense(3 C)`): the same parameter trees and initial values (so
 checkpoints carry over), the same outputs, the same gradients and the same
@@ -36,47 +36,62 @@ def _perturbed(params):
                                    for a in leaves])
 
 
-def test_channel_sum_is_the_sum_over_all_but_the_last_axis():
-  g = np.random.default_rng(0).standard_normal((3, 5, 7, 4)).astype(np.float32)
-  np.testing.assert_allclose(np.asarray(layers.channel_sum(jnp.asarray(g))),
-                             g.astype(np.float64).sum((0, 1, 2)), rtol=RTOL, atol=ATOL)
-  np.testing.assert_allclose(np.asarray(layers.channel_sum(jnp.asarray(g[0, 0]))),
-                             g[0, 0].astype(np.float64).sum(0), rtol=RTOL, atol=ATOL)
+def test_add_bias_gradient_and_jvp_are_the_sum_and_the_broadcast():
+  """The bias gradient of ``y + bias`` is the cotangent summed over all but the last axis
+  (float64 reference), and its JVP adds the bias tangent to every position."""
+  r = np.random.default_rng(0)
+  for shape in ((3, 5, 7, 4), (7, 4)):
+    y, g = (r.standard_normal(shape).astype(np.float32) for _ in range(2))
+    bias, db = (r.standard_normal(shape[-1]).astype(np.float32) for _ in range(2))
+    grad = jax.grad(lambda b: jnp.sum(layers.add_bias(jnp.asarray(y), b) * g))(bias)
+    np.testing.assert_allclose(np.asarray(grad), g.astype(np.float64).reshape(-1, shape[-1])
+                               .sum(0), rtol=RTOL, atol=ATOL)
+    _, tangent = jax.jvp(layers.add_bias, (y, bias), (g, db))
+    np.testing.assert_allclose(np.asarray(tangent), g + db, rtol=RTOL, atol=ATOL)
 
 
-def _same_as_flax(ours, theirs, x):
+def _against_flax(ours, theirs, x):
+  """``(ours, flax's)`` pairs for: the initial parameters, then with parameters moved off
+  them, the outputs, the gradients (params and input) and the forward-mode JVPs."""
   p = ours.init(jax.random.PRNGKey(1), x)
   q = theirs.init(jax.random.PRNGKey(1), x)
   assert jax.tree.structure(p) == jax.tree.structure(q)
-  jax.tree.map(np.testing.assert_array_equal, p, q)  # Same initial values.
+  pairs = [(p, q)]  # Same initial values.
   p = _perturbed(p)
-  _close(ours.apply(p, x), theirs.apply(p, x))
   ct = jnp.asarray(np.random.default_rng(2).standard_normal(ours.apply(p, x).shape),
                    jnp.float32)
   grad = lambda m: jax.grad(lambda p, x: jnp.sum(m.apply(p, x) * ct), argnums=(0, 1))(p, x)
-  _close(grad(ours), grad(theirs))
-  # Forward mode too (core.likelihood linearises the network): the same JVP.
+  # Forward mode too (core.likelihood linearises the network).
   tangents = _perturbed(jax.tree.map(jnp.zeros_like, p)), jnp.ones_like(x)
   jvp = lambda m: jax.jvp(lambda p, x: m.apply(p, x), (p, x), tangents)[1]
-  _close(jvp(ours), jvp(theirs))
+  for f in (lambda m: m.apply(p, x), grad, jvp):
+    pairs.append((f(ours), f(theirs)))
+  return [(np.asarray(a), np.asarray(b)) for mine, flax_ in pairs
+          for a, b in zip(jax.tree.leaves(mine), jax.tree.leaves(flax_))]
 
 
 def test_conv_is_flax_conv():
   x = jnp.asarray(np.random.default_rng(3).standard_normal((2, 8, 8, 4)), jnp.float32)
   init = layers.default_init()
   for stride, pad in ((1, (1, 1)), (2, (0, 1))):
-    _same_as_flax(
+    pairs = _against_flax(
         layers.Conv(6, (3, 3), (stride, stride), (pad, pad), kernel_init=init),
         nn.Conv(6, (3, 3), (stride, stride), padding=(pad, pad), kernel_init=init,
                 bias_init=nn.initializers.zeros), x)
+    assert len(pairs) == 2 + 1 + 3 + 1  # params (kernel, bias), output, grads (2 + x), jvp
+    for a, b in pairs:
+      np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
 
 
 def test_dense_is_flax_dense_on_feature_maps_and_vectors():
   init = layers.default_init()
   for shape in ((2, 8, 8, 4), (3, 4)):
     x = jnp.asarray(np.random.default_rng(4).standard_normal(shape), jnp.float32)
-    _same_as_flax(layers.Dense(5, kernel_init=init),
-                  nn.Dense(5, kernel_init=init, bias_init=nn.initializers.zeros), x)
+    pairs = _against_flax(layers.Dense(5, kernel_init=init),
+                          nn.Dense(5, kernel_init=init, bias_init=nn.initializers.zeros), x)
+    assert len(pairs) == 7  # as in test_conv_is_flax_conv
+    for a, b in pairs:
+      np.testing.assert_allclose(a, b, rtol=RTOL, atol=ATOL)
 
 
 def test_split_dense_is_the_sliced_dense():
