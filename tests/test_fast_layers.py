@@ -108,17 +108,27 @@ def test_group_norm_module_is_flax_group_norm_in_float32_and_bfloat16():
   bf16 activations the statistics stay float32 and the output is bf16: within
   5 * 2^-8 = 0.02 of the float32 result for |y| <= 5 (bound 0.04)."""
   x, scale, bias, g, ds, db = _gn_data(1)
-  for i, (a, b) in enumerate(_against_flax(layers.group_norm(C, jnp.float32),
+  for i, (a, b) in enumerate(_against_flax(layers.GroupNorm(num_groups=G),
                                            nn.GroupNorm(num_groups=G, epsilon=1e-6), x)):
     np.testing.assert_allclose(a, b, rtol=0, atol=FWD_TOL if i < 3 else DER_TOL)
   params = {"params": {"scale": jnp.asarray(scale), "bias": jnp.asarray(bias)}}
   x16 = jnp.asarray(x, jnp.bfloat16)
-  y16 = layers.group_norm(C, jnp.bfloat16).apply(params, x16)
+  y16 = layers.GroupNorm(num_groups=G, dtype=jnp.bfloat16).apply(params, x16)
   assert y16.dtype == jnp.bfloat16
   ref = _gn_reference(np.asarray(x16.astype(jnp.float32)), scale, bias, g, ds, db)[0][0]
   np.testing.assert_allclose(np.asarray(y16.astype(jnp.float32)), ref, rtol=0, atol=0.04)
   with pytest.raises(ValueError, match="not divisible by 4 groups"):
     layers.GroupNorm(num_groups=4).init(jax.random.PRNGKey(0), jnp.zeros((1, 2, 2, 6)))
+
+
+def test_group_norm_takes_the_fast_module_from_its_channel_threshold():
+  """`group_norm` builds `GroupNorm` from FAST_GROUP_NORM_MIN_CHANNELS on and flax's
+  below, with min(32, C / 4) groups either way."""
+  lo, hi = layers.FAST_GROUP_NORM_MIN_CHANNELS // 2, layers.FAST_GROUP_NORM_MIN_CHANNELS
+  small, big = layers.group_norm(lo, jnp.float32), layers.group_norm(hi, jnp.float32)
+  assert type(small) is nn.GroupNorm and type(big) is layers.GroupNorm
+  assert (small.num_groups, big.num_groups) == (min(32, lo // 4), min(32, hi // 4))
+  assert big.dtype == jnp.float32 and layers.group_norm(hi, jnp.bfloat16).dtype == jnp.bfloat16
 
 
 def _close(a, b):

@@ -127,14 +127,24 @@ class GroupNorm(nn.Module):
     return group_norm_apply(x, scale, bias, self.num_groups, self.epsilon).astype(self.dtype)
 
 
-def group_norm(channels: int, dtype: Dtype, name: Optional[str] = None) -> GroupNorm:
-  """GroupNorm with `norm_groups(channels)` groups (statistics in float32)."""
+# The fewest channels for which `group_norm` takes `GroupNorm` rather than flax's
+# `nn.GroupNorm` (the same parameters and numbers). Measured in the twins' train steps
+# (`benchmarks/README.md`, "What was tried"): `GroupNorm` everywhere made the cifar10
+# step (128-512 channels) ~9% faster but the mnist step (32-128 channels at batch 64,
+# up to 28x28) 7-9% slower, though each norm alone ran faster; from 128 channels on, the
+# mnist step was flax's within noise and the cifar10 gain stays.
+FAST_GROUP_NORM_MIN_CHANNELS = 128
+
+
+def group_norm(channels: int, dtype: Dtype, name: Optional[str] = None) -> nn.Module:
+  """GroupNorm with `norm_groups(channels)` groups (statistics in float32): `GroupNorm`
+  from `FAST_GROUP_NORM_MIN_CHANNELS` channels on, flax's `nn.GroupNorm` below."""
   groups = norm_groups(channels)
   if channels % groups:
     raise ValueError(f"GroupNorm needs channels divisible by its min(32, channels // 4)="
                      f"{groups} groups, got {channels}")
-  return GroupNorm(num_groups=groups, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32,
-                   name=name)
+  cls = GroupNorm if channels >= FAST_GROUP_NORM_MIN_CHANNELS else nn.GroupNorm
+  return cls(num_groups=groups, epsilon=1e-6, dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
 # Padding of a stride-2 3x3 conv per `Downsample.padding` (0 or 1), as (before, after):
