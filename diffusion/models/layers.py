@@ -131,7 +131,8 @@ class GroupNorm(nn.Module):
 # `nn.GroupNorm` (the same parameters and numbers). Measured in the twins' train steps
 # (`benchmarks/README.md`, "What was tried"): `GroupNorm` everywhere made the cifar10
 # step (128-512 channels) ~9% faster but the mnist step (32-128 channels at batch 64,
-# up to 28x28) 7-9% slower, though each norm alone ran faster; from 128 channels on, the
+# up to 28x28) 7-9% slower, though alone the norms ran faster at all but one of its shapes
+# (most of that loss is the forward products with ones); from 128 channels on, the
 # mnist step was flax's within noise and the cifar10 gain stays.
 FAST_GROUP_NORM_MIN_CHANNELS = 128
 
