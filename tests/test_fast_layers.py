@@ -92,14 +92,18 @@ def test_rows_sum_and_rows_spread_and_their_derivatives():
   r = np.random.default_rng(7)
   x, t = (r.standard_normal((3, 5, 4)).astype(np.float32) for _ in range(2))
   v, u = (r.standard_normal((3, 4)).astype(np.float32) for _ in range(2))
-  _close(layers.rows_sum(x), x.astype(np.float64).sum(1))
-  _close(jax.jvp(layers.rows_sum, (x,), (t,))[1], t.astype(np.float64).sum(1))
-  _close(jax.grad(lambda a: jnp.sum(layers.rows_sum(a) * v))(x),
-         np.broadcast_to(v[:, None, :], x.shape))
   spread = lambda a: layers.rows_spread(a, 5)
-  _close(spread(v), np.broadcast_to(v[:, None, :], x.shape))
-  _close(jax.jvp(spread, (v,), (u,))[1], np.broadcast_to(u[:, None, :], x.shape))
-  _close(jax.grad(lambda a: jnp.sum(spread(a) * x))(v), x.astype(np.float64).sum(1))
+  sums, spreads = x.astype(np.float64).sum(1), np.broadcast_to(v[:, None, :], x.shape)
+  cases = {
+      "rows_sum": (layers.rows_sum(x), sums),
+      "rows_sum jvp": (jax.jvp(layers.rows_sum, (x,), (t,))[1], t.astype(np.float64).sum(1)),
+      "rows_sum grad": (jax.grad(lambda a: jnp.sum(layers.rows_sum(a) * v))(x), spreads),
+      "rows_spread": (spread(v), spreads),
+      "rows_spread jvp": (jax.jvp(spread, (v,), (u,))[1], np.broadcast_to(u[:, None, :], x.shape)),
+      "rows_spread grad": (jax.grad(lambda a: jnp.sum(spread(a) * x))(v), sums),
+  }
+  for name, (got, want) in cases.items():
+    np.testing.assert_allclose(np.asarray(got), want, rtol=RTOL, atol=ATOL, err_msg=name)
 
 
 def test_group_norm_module_is_flax_group_norm_in_float32_and_bfloat16():

@@ -15,7 +15,7 @@ from diffusion.data import captions as caps
 from diffusion.data import text as text_data
 from diffusion.data import tokenizers
 
-from test_conditioning import BATCH, STEPS, _small, _train  # noqa: F401
+from test_conditioning import BATCH, _small, _train
 from test_conditioning import digit_classifier, digits  # noqa: F401  (fixtures)
 
 
@@ -38,7 +38,7 @@ def test_prompt_dropout_replaces_whole_captions_by_the_empty_prompt():
   assert list(null_ids[0, :3]) == [tok.bos_id, tok.eos_id, tok.pad_id]
 
 
-TEXT_STEPS = 600  # Longer than the class-conditional model's STEPS: see the docstring.
+TEXT_STEPS = 600  # Longer than test_conditioning.STEPS (the class model's): see the docstring.
 PER_PROMPT = 250
 
 
